@@ -1,0 +1,229 @@
+"""The env layer: one factory over EnvPool, and the bookkeeping every consumer needs.
+
+EnvPool quirks absorbed here, once (measured on envpool 1.2.5):
+
+* Auto-reset happens on the step AFTER a done: the action sent for that env is ignored and
+  the returned obs starts a new episode. Such steps are flagged ``reset_step`` so that the
+  transition (last obs -> first obs) is never stored as something to learn from.
+* With episodic life, a life loss is a training terminal (``terminated``) but not the end of
+  the game; the following reset step does NOT clear the frame stack (it keeps shifting).
+  A real game reset (first reset, game over, truncation) fills the stack with the first
+  frame repeated; those steps are flagged ``new_game``.
+* The true game score is the sum of the unclipped ``info["reward"]`` until game over
+  (``info["terminated"]``) or truncation; ``EpisodeTracker`` reports exactly that.
+
+The ``-v5`` Atari tasks are configured here with NoFrameskip-v4-like semantics by default:
+frame skip 4, no sticky actions (repeat_action_probability=0), up to 30 no-op starts, and a
+108k-frame (27k agent steps) time limit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from dataclasses import dataclass, field, fields, replace
+from typing import NamedTuple
+
+import numpy as np
+
+
+@dataclass
+class EnvConfig:
+    env_id: str = field(default="Breakout-v5", metadata={"help": "EnvPool task id, e.g. Breakout-v5, Pong-v5, CartPole-v1"})
+    num_envs: int = field(default=16, metadata={"help": "number of environments in the pool"})
+    batch_size: int = field(default=0, metadata={"help": "envs returned per step; 0 = num_envs (sync), fewer = async"})
+    num_threads: int = field(default=0, metadata={"help": "EnvPool worker threads; 0 = EnvPool's default"})
+    seed: int = field(default=0, metadata={"help": "base seed of the env pool"})
+    episodic_life: bool = field(default=True, metadata={"help": "Atari, training only: a life loss is a terminal"})
+    reward_clip: bool = field(default=True, metadata={"help": "Atari, training only: clip rewards to their sign"})
+    noop_max: int = field(default=30, metadata={"help": "Atari: up to this many no-op actions at the start of a game"})
+    repeat_action_probability: float = field(default=0.0, metadata={"help": "Atari: sticky-action probability (0 = v4 semantics)"})
+    max_episode_steps: int = field(default=27000, metadata={"help": "time limit in agent steps (27000 = 108k frames); CartPole uses its own 500"})
+    frame_skip: int = field(default=4, metadata={"help": "Atari: emulator frames per agent step"})
+    stack_num: int = field(default=4, metadata={"help": "Atari: frames stacked into one observation"})
+
+    def for_evaluation(self, num_envs: int | None = None, seed: int | None = None) -> "EnvConfig":
+        """The same game for scoring: full games, real rewards, synchronous stepping."""
+        return replace(
+            self,
+            episodic_life=False,
+            reward_clip=False,
+            num_envs=num_envs or self.num_envs,
+            batch_size=0,
+            seed=self.seed + 10_000 if seed is None else seed,
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def _all_env_ids() -> tuple[str, ...]:
+    import envpool
+
+    return tuple(envpool.list_all_envs())
+
+
+def is_atari(env_id: str) -> bool:
+    import envpool
+
+    return "episodic_life" in envpool.make_spec(env_id).config._fields
+
+
+def validate(cfg: EnvConfig) -> None:
+    """Raise ValueError naming the problem, before anything is built."""
+    if cfg.env_id not in _all_env_ids():
+        close = difflib.get_close_matches(cfg.env_id, _all_env_ids(), n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown EnvPool task {cfg.env_id!r}.{hint} (envpool.list_all_envs() lists all)")
+    for name in ("num_envs", "max_episode_steps", "frame_skip", "stack_num"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+    for name in ("batch_size", "num_threads", "noop_max"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.batch_size > cfg.num_envs:
+        raise ValueError(f"batch_size ({cfg.batch_size}) cannot exceed num_envs ({cfg.num_envs})")
+    if not 0.0 <= cfg.repeat_action_probability < 1.0:
+        raise ValueError(f"repeat_action_probability must be in [0, 1), got {cfg.repeat_action_probability}")
+
+
+class EnvStep(NamedTuple):
+    """What one (batched) step hands downstream; rows are aligned with ``env_ids``."""
+
+    obs: np.ndarray  # (B, *obs_shape): uint8 (B, 4, 84, 84) for Atari
+    reward: np.ndarray  # (B,) float32: the training reward (clipped if reward_clip)
+    terminated: np.ndarray  # (B,) bool: training terminal (life loss counts with episodic life)
+    truncated: np.ndarray  # (B,) bool: time limit reached
+    env_ids: np.ndarray  # (B,) int32
+    reset_step: np.ndarray  # (B,) bool: obs starts an episode; the action sent before it was ignored
+    new_game: np.ndarray  # (B,) bool: a real game reset; the frame stack was refilled
+    game_over: np.ndarray  # (B,) bool: the full game ended at this step (game over or truncation)
+    episode_returns: np.ndarray  # (B,) float64: full-game score where game_over, else 0
+    episode_lengths: np.ndarray  # (B,) int64: agent steps of the game where game_over, else 0
+
+
+class EpisodeTracker:
+    """Per-env bookkeeping of true full-game scores and of which steps are auto-resets.
+
+    ``update`` is called once per batch with the envs it contains, in any order (async).
+    A game's length counts the steps whose action took effect (reset steps excluded),
+    which equals EnvPool's ``elapsed_step`` at the end of the game.
+    """
+
+    def __init__(self, num_envs: int):
+        self.returns = np.zeros(num_envs, np.float64)
+        self.lengths = np.zeros(num_envs, np.int64)
+        # Before the first reset every env counts as "done", so its first obs is a reset step.
+        self.done = np.ones(num_envs, bool)
+        self.game_over = np.ones(num_envs, bool)
+
+    def update(self, env_ids, raw_reward, terminated, truncated, game_over):
+        reset_step = self.done[env_ids].copy()
+        new_game = reset_step & self.game_over[env_ids]
+        live = ~reset_step
+        self.returns[env_ids] += np.where(live, raw_reward, 0.0)
+        self.lengths[env_ids] += live
+        finished_returns = np.where(game_over, self.returns[env_ids], 0.0)
+        finished_lengths = np.where(game_over, self.lengths[env_ids], 0)
+        ended = env_ids[game_over]
+        self.returns[ended] = 0.0
+        self.lengths[ended] = 0
+        self.done[env_ids] = terminated | truncated
+        self.game_over[env_ids] = game_over
+        return reset_step, new_game, finished_returns, finished_lengths
+
+
+class VecEnv:
+    """An EnvPool pool (sync when batch_size == num_envs, else async) with true scores.
+
+    ``reset()`` and ``step(actions)`` both return an ``EnvStep``; ``actions`` are aligned
+    with the ``env_ids`` of the previous ``EnvStep``.
+    """
+
+    def __init__(self, cfg: EnvConfig):
+        import envpool
+
+        validate(cfg)
+        self.cfg = cfg
+        self.atari = is_atari(cfg.env_id)
+        kwargs = dict(
+            env_type="gymnasium",
+            num_envs=cfg.num_envs,
+            batch_size=cfg.batch_size or cfg.num_envs,
+            num_threads=cfg.num_threads,
+            seed=cfg.seed,
+        )
+        if self.atari:
+            kwargs.update(
+                episodic_life=cfg.episodic_life,
+                reward_clip=cfg.reward_clip,
+                noop_max=cfg.noop_max,
+                repeat_action_probability=cfg.repeat_action_probability,
+                max_episode_steps=cfg.max_episode_steps,
+                frame_skip=cfg.frame_skip,
+                stack_num=cfg.stack_num,
+            )
+        self.env = envpool.make(cfg.env_id, **kwargs)
+        self.num_envs = cfg.num_envs
+        self.batch_size = cfg.batch_size or cfg.num_envs
+        self.is_async = self.batch_size < self.num_envs
+        self.obs_shape = tuple(self.env.observation_space.shape)
+        self.obs_dtype = self.env.observation_space.dtype
+        self.num_actions = int(self.env.action_space.n)
+        self.stack = cfg.stack_num if self.atari else 1
+        self.frame_shape = self.obs_shape[1:] if self.atari else self.obs_shape
+        self.tracker = EpisodeTracker(self.num_envs)
+        self._env_ids: np.ndarray | None = None
+
+    def reset(self) -> EnvStep:
+        self.tracker = EpisodeTracker(self.num_envs)
+        self.env.async_reset()
+        return self._receive()
+
+    def step(self, actions: np.ndarray) -> EnvStep:
+        if self._env_ids is None:
+            raise RuntimeError("call reset() before step()")
+        self.env.send(np.asarray(actions), self._env_ids)
+        return self._receive()
+
+    def _receive(self) -> EnvStep:
+        obs, reward, terminated, truncated, info = self.env.recv()
+        env_ids = np.asarray(info["env_id"], np.int32)
+        terminated = np.asarray(terminated, bool)
+        truncated = np.asarray(truncated, bool)
+        if self.atari:
+            raw_reward = np.asarray(info["reward"], np.float64)
+            game_over = np.asarray(info["terminated"], bool) | truncated
+        else:
+            raw_reward = np.asarray(reward, np.float64)
+            game_over = terminated | truncated
+        reset_step, new_game, ep_ret, ep_len = self.tracker.update(
+            env_ids, raw_reward, terminated, truncated, game_over
+        )
+        self._env_ids = env_ids
+        return EnvStep(
+            obs=obs,
+            reward=np.asarray(reward, np.float32),
+            terminated=terminated,
+            truncated=truncated,
+            env_ids=env_ids,
+            reset_step=reset_step,
+            new_game=new_game,
+            game_over=game_over,
+            episode_returns=ep_ret,
+            episode_lengths=ep_len,
+        )
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def make_env(cfg: EnvConfig, evaluation: bool = False, **overrides) -> VecEnv:
+    """Build the training pool, or (``evaluation=True``) the full-game scoring pool."""
+    if evaluation:
+        cfg = cfg.for_evaluation()
+    if overrides:
+        known = {f.name for f in fields(EnvConfig)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown env options: {sorted(unknown)}")
+        cfg = replace(cfg, **overrides)
+    return VecEnv(cfg)

@@ -1,0 +1,143 @@
+"""Q-networks: the Nature CNN for stacked Atari frames and an MLP for vector observations.
+
+Both are a *torso* (features) followed by a *head* (Q-values). The head is either plain
+(one hidden layer, then one output per action) or dueling (Wang et al., 2016): the
+hidden layer is duplicated into a value stream V(s) and an advantage stream A(s, a),
+combined as Q = V + A - mean_a A, so that mean_a Q == V exactly.
+
+Initialisation (both networks): orthogonal weights with gain sqrt(2) for every layer that
+feeds a ReLU, gain 1 for the output layers, zero biases. Orthogonal init keeps the
+activation scale steady through the stack for any width, which is why most modern
+value-based Atari agents (PQN, CleanRL's PPO/PQN, Dopamine-style JAX agents) use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["NatureCNN", "MLP", "QHead", "make_q_network"]
+
+_RELU_GAIN = math.sqrt(2.0)
+
+
+def _init_linear(layer: nn.Linear | nn.Conv2d, gain: float) -> nn.Module:
+    nn.init.orthogonal_(layer.weight, gain=gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class QHead(nn.Module):
+    """Features -> Q-values: ``hidden`` units then ``num_actions`` outputs, or dueling."""
+
+    def __init__(self, in_features: int, hidden: int, num_actions: int, dueling: bool = False):
+        super().__init__()
+        self.dueling = dueling
+
+        def stream(out: int) -> nn.Sequential:
+            return nn.Sequential(
+                _init_linear(nn.Linear(in_features, hidden), _RELU_GAIN),
+                nn.ReLU(),
+                _init_linear(nn.Linear(hidden, out), 1.0),
+            )
+
+        if dueling:
+            self.value = stream(1)
+            self.advantage = stream(num_actions)
+        else:
+            self.q = stream(num_actions)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.dueling:
+            return self.q(features)
+        advantage = self.advantage(features)
+        return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
+
+
+class NatureCNN(nn.Module):
+    """Mnih et al. (2015): conv 32x8x8/4, 64x4x4/2, 64x3x3/1, fc ``hidden`` (512), Q per action.
+
+    Input: raw pixels (B, C, 84, 84), normally uint8 in [0, 255]; the /255 scaling happens
+    here so the replay and the actor can keep frames as bytes. Under autocast the bytes are
+    converted straight to the autocast dtype (0..255 are exact in bf16), which saves an fp32
+    copy of the batch; the division then rounds once, as the fp32 path rounds when the conv
+    casts its input.
+    """
+
+    def __init__(self, num_actions: int, in_channels: int = 4, hidden: int = 512,
+                 dueling: bool = False, frame_size: int = 84):
+        super().__init__()
+        self.torso = nn.Sequential(
+            _init_linear(nn.Conv2d(in_channels, 32, 8, stride=4), _RELU_GAIN),
+            nn.ReLU(),
+            _init_linear(nn.Conv2d(32, 64, 4, stride=2), _RELU_GAIN),
+            nn.ReLU(),
+            _init_linear(nn.Conv2d(64, 64, 3, stride=1), _RELU_GAIN),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n_features = self.torso(torch.zeros(1, in_channels, frame_size, frame_size)).shape[1]
+        self.head = QHead(n_features, hidden, num_actions, dueling)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        device_type = obs.device.type
+        if torch.is_autocast_enabled(device_type):
+            x = obs.to(torch.get_autocast_dtype(device_type))
+        else:
+            x = obs.float()
+        return self.head(self.torso(x / 255.0))
+
+
+class MLP(nn.Module):
+    """Vector observations (B, D) -> Q-values, hidden layers ``hidden`` with ReLU.
+
+    The last hidden layer belongs to the head (duplicated per stream when dueling); the
+    others form the torso. Inputs are used as given (cast to float), not rescaled.
+    """
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int] = (128, 128),
+                 dueling: bool = False):
+        super().__init__()
+        hidden = tuple(int(h) for h in hidden)
+        if not hidden:
+            raise ValueError("MLP needs at least one hidden layer")
+        layers: list[nn.Module] = []
+        width = obs_dim
+        for h in hidden[:-1]:
+            layers += [_init_linear(nn.Linear(width, h), _RELU_GAIN), nn.ReLU()]
+            width = h
+        self.torso = nn.Sequential(*layers)
+        self.head = QHead(width, hidden[-1], num_actions, dueling)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.torso(obs.float()))
+
+
+def make_q_network(obs_shape: Sequence[int], num_actions: int, *, dueling: bool = False,
+                   hidden: int | Sequence[int] | None = None) -> nn.Module:
+    """Pick the network for an observation shape (without the batch dimension).
+
+    3-D ``(C, H, W)`` -> :class:`NatureCNN` (``hidden``: fc width, default 512; square
+    frames). 1-D ``(D,)`` -> :class:`MLP` (``hidden``: layer widths, default (128, 128)).
+    """
+    obs_shape = tuple(int(s) for s in obs_shape)
+    if len(obs_shape) == 3:
+        channels, height, width = obs_shape
+        if height != width:
+            raise ValueError(f"NatureCNN expects square frames, got {obs_shape}")
+        if hidden is None:
+            hidden = 512
+        if not isinstance(hidden, int):
+            raise TypeError("for a CNN, hidden is the width of the fc layer (an int)")
+        return NatureCNN(num_actions, channels, hidden, dueling, frame_size=height)
+    if len(obs_shape) == 1:
+        if hidden is None:
+            hidden = (128, 128)
+        elif isinstance(hidden, int):
+            hidden = (hidden,)
+        return MLP(obs_shape[0], num_actions, hidden, dueling)
+    raise ValueError(f"no Q-network for observations of shape {obs_shape}")

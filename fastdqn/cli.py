@@ -1,20 +1,133 @@
-"""The `fastdqn` command: train, eval, plot, bench."""
+"""fastdqn: train DQN-family agents on EnvPool games, evaluate them, plot them, benchmark.
+
+  fastdqn train --preset cartpole          solve CartPole-v1 in a couple of minutes
+  fastdqn train --preset breakout-cpu      Breakout on a small CPU (60 minutes)
+  fastdqn eval runs/cartpole/checkpoint.pt full-game evaluation of a checkpoint
+  fastdqn plot runs/cartpole               learning-curve PNG from the run's logs
+  fastdqn bench all                        the frames-per-second tables
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import sys
+from pathlib import Path
+
+BENCHMARKS = ("env", "collect", "replay", "learner", "train")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from fastdqn import config as config_lib
+    from fastdqn.train import TrainingDiverged, train
+
+    if getattr(args, "TrainConfig.resume"):
+        run_dir = getattr(args, "TrainConfig.run_dir") or (
+            config_lib.PRESETS[args.preset]["run_dir"] if args.preset else config_lib.TrainConfig.run_dir)
+        cfg = config_lib.resume_config(run_dir, args)
+    else:
+        cfg = config_lib.from_arguments(args)
+    try:
+        summary = train(cfg, progress=not args.no_progress)
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return 130 if summary.get("stop_reason") == "interrupted" else 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from fastdqn import checkpoint
+    from fastdqn.config import config_from_dict
+    from fastdqn.evaluate import evaluate
+    from fastdqn.train import build_learner, resolve_device
+
+    state = checkpoint.load(args.checkpoint)
+    cfg = config_from_dict(state["config"])
+    device = resolve_device(args.device)
+    learner = build_learner(cfg, tuple(state["obs_shape"]), state["num_actions"], device)
+    learner.load_state_dict(state["learner"])
+    result = evaluate(learner.q_network, cfg.env, episodes=args.episodes, epsilon=args.eps,
+                      max_steps=args.max_steps, device=device, precision=cfg.precision, seed=args.seed,
+                      gif_path=args.gif)
+    if args.gif:
+        result["gif"] = str(args.gif)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from fastdqn.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+def _bench(args: argparse.Namespace, rest: list[str]) -> int:
+    names = BENCHMARKS if args.which == "all" else (args.which,)
+    if args.json and len(names) == 1:
+        rest = rest + ["--json", args.json]
+    results = {}
+    for name in names:
+        module = importlib.import_module(f"fastdqn.bench.{name}")
+        results[name] = module.main(rest)
+    if args.json and len(names) > 1:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fastdqn.config import add_arguments
+
+    parser = argparse.ArgumentParser(prog="fastdqn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train an agent (every hyper-parameter is a flag)",
+                       description="Train an agent. Flags override the preset, which overrides the defaults.")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_arguments(p)
+
+    p = sub.add_parser("eval", help="full-game evaluation of a checkpoint (no episodic life, real scores)")
+    p.add_argument("checkpoint", help="path to a checkpoint.pt")
+    p.add_argument("--episodes", type=int, default=10, help="games to play (one per env)")
+    p.add_argument("--eps", type=float, default=0.01, help="evaluation epsilon")
+    p.add_argument("--max-steps", type=int, default=27_000, help="agent steps at most per game")
+    p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation envs")
+    p.add_argument("--gif", type=Path, default=None, help="write env 0's game as a GIF (Atari)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    p = sub.add_parser("plot", help="learning-curve PNG from a run directory")
+    p.add_argument("run_dir", help="a run directory (TensorBoard events)")
+    p.add_argument("--out", default=None, help="output PNG (default RUN_DIR/learning_curve.png)")
+
+    p = sub.add_parser("bench", help="benchmarks; options after the name go to that benchmark "
+                                     "(e.g. fastdqn bench replay --help)")
+    p.add_argument("which", choices=BENCHMARKS + ("all",), help="which benchmark")
+    p.add_argument("--json", default=None, help="with 'all': write every result to this JSON file")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fastdqn", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("train", help="train an agent")
-    sub.add_parser("eval", help="evaluate a checkpoint")
-    sub.add_parser("bench", help="benchmark")
-    args = parser.parse_args(argv)
-    print(f"{args.command}: not yet implemented", file=sys.stderr)
-    return 2
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        return _bench(args, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return {"train": _train, "eval": _eval, "plot": _plot}[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from fastdqn.checkpoint import CheckpointError
+
+        if isinstance(exc, CheckpointError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""The plain baselines every fastdqn figure is compared with, in the same run.
+
+Written the way a newcomer would write them (CleanRL-style): one environment stepped at a
+time, the stacked observation AND the stacked next observation stored for every transition,
+uniform sampling with NumPy fancy indexing, an fp32 eager double-Q update. Same game, same
+network and same replay ratio as the fastdqn side; nothing is slowed down on purpose.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastdqn.networks import make_q_network
+
+
+class PlainReplay:
+    """obs and next_obs stacked per transition: ~57 KB per Atari transition."""
+
+    def __init__(self, capacity: int, obs_shape, dtype):
+        self.obs = np.zeros((capacity, *obs_shape), dtype)
+        self.next_obs = np.zeros((capacity, *obs_shape), dtype)
+        self.actions = np.zeros(capacity, np.int64)
+        self.rewards = np.zeros(capacity, np.float32)
+        self.dones = np.zeros(capacity, np.float32)
+        self.capacity, self.pos, self.full = capacity, 0, False
+
+    def add(self, obs, next_obs, action, reward, done):
+        i = self.pos
+        self.obs[i], self.next_obs[i] = obs, next_obs
+        self.actions[i], self.rewards[i], self.dones[i] = action, reward, done
+        self.pos = (i + 1) % self.capacity
+        self.full = self.full or self.pos == 0
+
+    def sample(self, batch_size, rng):
+        idx = rng.integers(0, self.capacity if self.full else self.pos, batch_size)
+        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx]
+
+
+def _make_single_env(game: str, seed: int):
+    import envpool
+
+    return envpool.make(game, env_type="gymnasium", num_envs=1, seed=seed, episodic_life=True,
+                        reward_clip=True, repeat_action_probability=0.0)
+
+
+def plain_loop(game: str = "Breakout-v5", *, learn: bool, warmup_steps: int, measure_steps: int,
+               train_every: int = 4, batch_size: int = 32, capacity: int = 20_000, epsilon: float = 0.05,
+               gamma: float = 0.99, seed: int = 0) -> dict:
+    """Single-env acting (+ learning when `learn`): agent steps per second after warm-up.
+
+    Replay ratio = batch_size / train_every (8 with the defaults).
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    env = _make_single_env(game, seed)
+    n_actions = env.action_space.n
+    q_network = make_q_network(env.observation_space.shape, n_actions, dueling=True)
+    target_network = make_q_network(env.observation_space.shape, n_actions, dueling=True)
+    target_network.load_state_dict(q_network.state_dict())
+    optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4)
+    rb = PlainReplay(capacity, env.observation_space.shape, env.observation_space.dtype)
+    obs, _ = env.reset()
+    start = None
+    for step in range(warmup_steps + measure_steps):
+        if step == warmup_steps:
+            start = time.perf_counter()
+        if rng.random() < epsilon:
+            action = np.array([rng.integers(n_actions)])
+        else:
+            with torch.no_grad():
+                action = q_network(torch.as_tensor(obs)).argmax(1).numpy()
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        done = terminated[0] or truncated[0]
+        # EnvPool auto-resets on the next step; the newcomer stores every transition as it comes
+        rb.add(obs[0], next_obs[0], action[0], reward[0], float(terminated[0]))
+        obs = next_obs
+        if done:
+            obs, _ = env.step(np.zeros(1, np.int32))[:2]  # the auto-reset step
+        if learn and step % train_every == 0 and step >= batch_size:
+            b_obs, b_act, b_rew, b_next, b_done = (torch.as_tensor(x) for x in rb.sample(batch_size, rng))
+            with torch.no_grad():
+                next_actions = q_network(b_next).argmax(1, keepdim=True)
+                next_q = target_network(b_next).gather(1, next_actions).squeeze(1)
+                td_target = b_rew + gamma * next_q * (1 - b_done)
+            q = q_network(b_obs).gather(1, b_act[:, None]).squeeze(1)
+            loss = F.smooth_l1_loss(q, td_target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if step % 1000 == 0:
+                target_network.load_state_dict(q_network.state_dict())
+    elapsed = time.perf_counter() - start
+    env.close()
+    return {"steps_per_s": measure_steps / elapsed, "measure_steps": measure_steps,
+            "bytes_per_transition": (rb.obs.nbytes + rb.next_obs.nbytes) / capacity + 17}

@@ -1,0 +1,105 @@
+"""The acting pipeline without learning: EnvPool + batched epsilon-greedy forward + replay add.
+
+Compared, in the same run, with raw EnvPool on the same pool (random actions, nothing else)
+and with the plain single-env baseline (fp32 forward per step, obs and next_obs stored).
+
+    python bench/collect.py
+    fastdqn bench collect --num-envs 32 --batch-size 16 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from fastdqn.acting import select_actions
+from fastdqn.bench.baselines import plain_loop
+from fastdqn.bench.common import machine, print_machine, progress, rate, table, write_json
+from fastdqn.bench.env import measure as raw_env_sps
+from fastdqn.envs import EnvConfig, VecEnv
+from fastdqn.networks import make_q_network
+from fastdqn.replay import PrioritizedReplay
+
+
+def pipeline_sps(game: str, num_envs: int, batch_size: int, num_threads: int, seconds: float,
+                 epsilon: float, precision: str, capacity: int) -> float:
+    env = VecEnv(EnvConfig(env_id=game, num_envs=num_envs, batch_size=batch_size, num_threads=num_threads))
+    q_network = make_q_network(env.obs_shape, env.num_actions, dueling=True)
+    replay = PrioritizedReplay(capacity, num_envs, env.frame_shape, stack=env.stack)
+    rng = np.random.default_rng(0)
+    device = torch.device("cpu")
+    last_action = np.zeros(num_envs, np.int64)
+    state = {"step": env.reset()}
+
+    def one_batch():
+        step = state["step"]
+        replay.add(step.obs, last_action[step.env_ids], step.reward, step.terminated, step.truncated,
+                   step.reset_step, step.new_game, step.env_ids)
+        actions = select_actions(q_network, step.obs, epsilon, env.num_actions, rng, device, precision)
+        last_action[step.env_ids] = actions
+        state["step"] = env.step(actions)
+
+    rate(one_batch, 0.5)  # warm-up (JIT, allocator)
+    calls_per_s, _ = rate(one_batch, seconds)
+    env.close()
+    return calls_per_s * env.batch_size
+
+
+def run(game="Breakout-v5", num_envs=32, batch_size=16, num_threads=2, seconds=5.0, epsilon=0.0,
+        precision="bf16", capacity=100_000, baseline_steps=1500, show_progress=True) -> dict:
+    torch.set_num_threads(2)
+    progress(f"collect: raw EnvPool {num_envs}/{batch_size}", show_progress)
+    raw = raw_env_sps(game, num_envs, batch_size, num_threads, seconds)
+    progress("collect: fastdqn pipeline", show_progress)
+    fast = pipeline_sps(game, num_envs, batch_size, num_threads, seconds, epsilon, precision, capacity)
+    progress("collect: plain single-env baseline", show_progress)
+    plain = plain_loop(game, learn=False, warmup_steps=200, measure_steps=baseline_steps, epsilon=epsilon)
+    return {
+        "benchmark": "collect", "game": game, "machine": machine(), "num_envs": num_envs,
+        "batch_size": batch_size, "num_threads": num_threads, "epsilon": epsilon, "precision": precision,
+        "raw_env_steps_per_s": raw, "pipeline_steps_per_s": fast,
+        "baseline_steps_per_s": plain["steps_per_s"],
+        "pipeline_vs_raw_env": fast / raw, "pipeline_vs_baseline": fast / plain["steps_per_s"],
+    }
+
+
+def report(r: dict) -> None:
+    print_machine(r["machine"])
+    table(f"Collect pipeline, {r['game']} (pool {r['num_envs']}/{r['batch_size']}, {r['num_threads']} threads, "
+          f"epsilon {r['epsilon']}: every step takes a {r['precision']} forward)",
+          ["what", "agent steps/s", "frames/s", "ratio"],
+          [["raw EnvPool, random actions", r["raw_env_steps_per_s"], 4 * r["raw_env_steps_per_s"], 1.0],
+           ["fastdqn: act + step + replay add", r["pipeline_steps_per_s"], 4 * r["pipeline_steps_per_s"],
+            r["pipeline_vs_raw_env"]],
+           ["plain baseline: one env, fp32, obs+next_obs stored", r["baseline_steps_per_s"],
+            4 * r["baseline_steps_per_s"], r["baseline_steps_per_s"] / r["raw_env_steps_per_s"]]])
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="fastdqn bench collect", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--game", default="Breakout-v5")
+    parser.add_argument("--num-envs", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=16, help="EnvPool batch (async when < num-envs)")
+    parser.add_argument("--num-threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        result = run(args.game, 4, 2, 1, 0.2, precision=args.precision, capacity=2_000, baseline_steps=50,
+                     show_progress=False)
+    else:
+        result = run(args.game, args.num_envs, args.batch_size, args.num_threads, args.seconds,
+                     precision=args.precision, show_progress=not args.no_progress)
+    report(result)
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""What every benchmark shares: the machine's description, timing, tables and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def machine() -> dict:
+    """CPU model, cores, GPU and library versions: printed above every table."""
+    import numpy
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+    }
+    for name in ("envpool", "numba"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            info[name] = None
+    return info
+
+
+def rate(fn, seconds: float, min_calls: int = 3) -> tuple[float, int]:
+    """Call fn() repeatedly for about `seconds`; return (calls per second, calls)."""
+    calls = 0
+    start = time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and calls >= min_calls:
+            return calls / elapsed, calls
+
+
+def table(title: str, header: list[str], rows: list[list], file=sys.stdout) -> None:
+    cells = [[str(c) for c in header]] + [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}", file=file)
+    for k, row in enumerate(cells):
+        print("  ".join(c.rjust(w) if k else c.ljust(w) for c, w in zip(row, widths)), file=file)
+        if k == 0:
+            print("  ".join("-" * w for w in widths), file=file)
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_machine(info: dict, file=sys.stdout) -> None:
+    gpu = info["gpu"] or "no GPU"
+    print(f"machine: {info['cpu']}, {info['cores']} cores, {gpu}; python {info['python']}, torch {info['torch']}, "
+          f"envpool {info['envpool']}, numba {info['numba']}, numpy {info['numpy']}", file=file)
+
+
+def write_json(path: str | None, result: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print(f"wrote {path}")
+
+
+def progress(message: str, enabled: bool = True) -> None:
+    if enabled:
+        print(f"... {message}", file=sys.stderr, flush=True)

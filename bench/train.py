@@ -1,0 +1,98 @@
+"""End-to-end training throughput while learning, against the plain single-env baseline.
+
+Both sides: Breakout, Nature CNN (dueling), double Q, Adam, replay ratio 8 (on average 8
+sampled transitions per agent step: batch 32 every 4 agent steps), timed over a fixed number
+of agent steps after the warm-up. fastdqn runs its real `train()` loop (EnvPool pool,
+prioritized n-step replay, the precision asked for); the baseline is fp32 eager, one env.
+
+    python bench/train.py
+    fastdqn bench train --measure-steps 20000 --precision fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import torch
+
+from fastdqn.bench.baselines import plain_loop
+from fastdqn.bench.common import machine, print_machine, progress, table, write_json
+from fastdqn.config import make_config
+from fastdqn.train import train
+
+
+def fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size, precision, warmup_steps,
+                measure_steps, buffer_size) -> dict:
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = make_config(
+            env=dict(env_id=game, num_envs=num_envs, batch_size=env_batch, num_threads=num_threads),
+            run_dir=run_dir, total_steps=warmup_steps + measure_steps, learning_starts=warmup_steps,
+            buffer_size=buffer_size, replay_ratio=replay_ratio, batch_size=batch_size, precision=precision,
+            eval_interval=0, final_eval=False, checkpoint_interval=0, log_interval=10**9,
+        )
+        summary = train(cfg, progress=False)
+    return {"steps_per_s": summary["learning_sps"], "updates": summary["updates"]}
+
+
+def run(game="Breakout-v5", num_envs=16, env_batch=0, num_threads=2, replay_ratio=8.0, batch_size=32,
+        precision="bf16", warmup_steps=2_000, measure_steps=6_000, baseline_steps=1_500, buffer_size=100_000,
+        show_progress=True) -> dict:
+    torch.set_num_threads(2)
+    progress(f"train: fastdqn {precision}, {num_envs} envs, replay ratio {replay_ratio}", show_progress)
+    fast = fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size, precision,
+                       warmup_steps, measure_steps, buffer_size)
+    progress("train: plain single-env fp32 baseline", show_progress)
+    train_every = max(1, round(batch_size / replay_ratio))
+    plain = plain_loop(game, learn=True, warmup_steps=max(batch_size, 200), measure_steps=baseline_steps,
+                       train_every=train_every, batch_size=batch_size)
+    return {
+        "benchmark": "train", "game": game, "machine": machine(), "replay_ratio": replay_ratio,
+        "batch_size": batch_size, "precision": precision, "num_envs": num_envs, "env_batch": env_batch or num_envs,
+        "measure_steps": measure_steps, "fastdqn_steps_per_s": fast["steps_per_s"],
+        "baseline_steps_per_s": plain["steps_per_s"], "baseline_replay_ratio": batch_size / train_every,
+        "speedup": fast["steps_per_s"] / plain["steps_per_s"],
+    }
+
+
+def report(r: dict) -> None:
+    print_machine(r["machine"])
+    table(f"Training throughput while learning, {r['game']}, replay ratio {r['replay_ratio']:g} "
+          f"(batch {r['batch_size']}), {r['measure_steps']:,} steps after warm-up",
+          ["what", "agent steps/s", "frames/s", "x baseline"],
+          [[f"fastdqn ({r['num_envs']} envs, PER n-step, {r['precision']})", r["fastdqn_steps_per_s"],
+            4 * r["fastdqn_steps_per_s"], r["speedup"]],
+           ["plain baseline (1 env, uniform, fp32 eager)", r["baseline_steps_per_s"],
+            4 * r["baseline_steps_per_s"], 1.0]])
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(prog="fastdqn bench train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--game", default="Breakout-v5")
+    parser.add_argument("--num-envs", type=int, default=16)
+    parser.add_argument("--env-batch", type=int, default=0, help="EnvPool batch; 0 = num-envs (sync)")
+    parser.add_argument("--num-threads", type=int, default=2)
+    parser.add_argument("--replay-ratio", type=float, default=8.0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    parser.add_argument("--warmup-steps", type=int, default=2_000)
+    parser.add_argument("--measure-steps", type=int, default=6_000)
+    parser.add_argument("--baseline-steps", type=int, default=1_500)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        result = run(args.game, 4, 0, 1, args.replay_ratio, 8, args.precision, 200, 200, 60, 2_000, False)
+    else:
+        result = run(args.game, args.num_envs, args.env_batch, args.num_threads, args.replay_ratio,
+                     args.batch_size, args.precision, args.warmup_steps, args.measure_steps,
+                     args.baseline_steps, show_progress=not args.no_progress)
+    report(result)
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

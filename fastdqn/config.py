@@ -1,0 +1,235 @@
+"""One config for a training run: every field is a `fastdqn train` flag, its help the metadata.
+
+Presets are named sets of overrides on top of the defaults; flags given on the command line
+override the preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+from fastdqn.envs import EnvConfig
+from fastdqn.envs import validate as validate_env
+
+
+def _f(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    # --- run
+    run_dir: str = _f("runs/run", "directory for TensorBoard events, summary.json and checkpoints")
+    seed: int = _f(0, "seed of torch, NumPy and the replay sampler (the env pool's own seed is --env-seed)")
+    device: str = _f("auto", "auto, cpu or cuda")
+    torch_threads: int = _f(0, "CPU threads for torch; 0 = auto (1 for small MLPs, where more threads only add overhead; all cores for the CNN)")
+    total_steps: int = _f(10_000_000, "agent steps to train for (frames = steps x frame_skip)")
+    # --- replay
+    buffer_size: int = _f(1_000_000, "replay capacity in transitions (one frame each)")
+    learning_starts: int = _f(80_000, "agent steps collected before the first update")
+    batch_size: int = _f(32, "transitions per learner update")
+    replay_ratio: float = _f(8.0, "sampled transitions per agent step (8 = batch 32 every 4 steps)")
+    n_step: int = _f(3, "n-step returns")
+    gamma: float = _f(0.99, "discount")
+    per_alpha: float = _f(0.6, "priority exponent alpha; 0 = uniform replay")
+    per_beta0: float = _f(0.4, "initial importance-weight exponent beta, annealed linearly to 1 at total_steps")
+    per_eps: float = _f(0.01, "priority offset: p = (|td| + eps) ** alpha")
+    # --- learner
+    dueling: bool = _f(True, "dueling head Q = V + A - mean(A)")
+    hidden: int = _f(512, "hidden units of the Q-network's fully connected layer(s)")
+    double_q: bool = _f(True, "double-Q target (online argmax, target value); off = max over the target net")
+    loss: str = _f("huber", "huber, mse or pseudo_huber", choices=("huber", "mse", "pseudo_huber"))
+    optimizer: str = _f("adam", "adam or rmsprop", choices=("adam", "rmsprop"))
+    lr: float = _f(1e-4, "learning rate")
+    adam_eps: float = _f(1.5e-4, "Adam/RMSProp epsilon")
+    max_grad_norm: float = _f(10.0, "gradient-norm clip; 0 = off")
+    target_update_period: int = _f(2000, "hard target copy every this many learner updates (ignored when tau > 0)")
+    tau: float = _f(0.0, "Polyak target update factor per learner update; 0 = hard copies")
+    precision: str = _f("bf16", "fp32 or bf16 (autocast; fp32 master weights and targets)", choices=("fp32", "bf16"))
+    compile: bool = _f(False, "torch.compile the update")
+    cuda_graph: bool = _f(True, "on a GPU, capture updates_per_graph updates as one CUDA graph")
+    updates_per_graph: int = _f(4, "updates per CUDA-graph replay (GPU only)")
+    # --- exploration
+    eps_schedule: str = _f("linear", "linear (two phases) or exp", choices=("linear", "exp"))
+    eps_start: float = _f(1.0, "initial epsilon")
+    eps_mid: float = _f(0.1, "linear: epsilon reached at eps_mid_steps")
+    eps_mid_steps: int = _f(250_000, "linear: end of the first phase, in agent steps")
+    eps_final: float = _f(0.01, "final epsilon (linear: reached at eps_final_steps; exp: the floor)")
+    eps_final_steps: int = _f(5_000_000, "linear: end of the second, slower phase")
+    eps_decay_steps: int = _f(250_000, "exp: time constant of the decay, in agent steps")
+    eval_eps: float = _f(0.01, "epsilon during evaluation")
+    # --- evaluation, logging, checkpoints
+    eval_interval: int = _f(250_000, "agent steps between evaluations; 0 = only at the end")
+    eval_episodes: int = _f(8, "full games per evaluation (one per eval env)")
+    eval_max_steps: int = _f(27_000, "agent steps at most per evaluation game (108k frames)")
+    final_eval: bool = _f(True, "evaluate once more at the end of the run")
+    log_interval: int = _f(5_000, "agent steps between scalar logs")
+    checkpoint_interval: int = _f(250_000, "agent steps between checkpoints; 0 = only at the end and on Ctrl-C")
+    save_replay: bool = _f(False, "include the replay in checkpoints (large: ~7 KB per transition)")
+    resume: bool = _f(False, "continue from run_dir/checkpoint.pt")
+    target_score: float = _f(float("inf"), "stop once an evaluation mean reaches this")
+    max_minutes: float = _f(0.0, "stop (with a final eval and checkpoint) after this many minutes; 0 = no limit")
+
+
+PRESETS: dict[str, dict] = {
+    # CartPole-v1: an MLP, small replay, fast Polyak targets; solves (eval 500) in about a minute.
+    "cartpole": dict(
+        env=dict(env_id="CartPole-v1", num_envs=4),
+        run_dir="runs/cartpole",
+        total_steps=60_000,
+        buffer_size=50_000,
+        learning_starts=2_000,
+        batch_size=64,
+        replay_ratio=32.0,
+        n_step=3,
+        hidden=128,
+        dueling=True,
+        lr=5e-4,
+        max_grad_norm=10.0,
+        tau=0.01,
+        precision="fp32",
+        eps_mid=0.05,
+        eps_mid_steps=10_000,
+        eps_final=0.01,
+        eps_final_steps=20_000,
+        eval_eps=0.0,
+        eval_interval=5_000,
+        eval_episodes=8,
+        eval_max_steps=500,
+        log_interval=1_000,
+        checkpoint_interval=10_000,
+        target_score=500.0,
+    ),
+    # Breakout, the published-style setting for a GPU: 10M steps, replay ratio 8.
+    "breakout": dict(
+        env=dict(env_id="Breakout-v5", num_envs=16),
+        run_dir="runs/breakout",
+    ),
+    # Breakout on a small CPU (2 cores): fewer updates per step, faster exploration, bf16.
+    "breakout-cpu": dict(
+        env=dict(env_id="Breakout-v5", num_envs=16, num_threads=2),
+        run_dir="runs/breakout-cpu",
+        total_steps=3_000_000,
+        buffer_size=300_000,
+        learning_starts=20_000,
+        batch_size=32,
+        replay_ratio=2.0,
+        n_step=3,
+        lr=2.5e-4,
+        target_update_period=1000,
+        precision="bf16",
+        eps_mid=0.1,
+        eps_mid_steps=150_000,
+        eps_final=0.01,
+        eps_final_steps=1_000_000,
+        eval_interval=100_000,
+        checkpoint_interval=100_000,
+        max_minutes=60.0,
+    ),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env_flag(name: str) -> str:
+    # env fields keep their own names, except the two that would clash with the learner's
+    return _flag({"seed": "env_seed", "batch_size": "env_batch_size"}.get(name, name))
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls, flag_of) -> None:
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.type) or f.name == "env":
+            continue
+        kwargs = dict(dest=f"{cls.__name__}.{f.name}", default=None, help=f.metadata.get("help", ""))
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = type(default)
+            kwargs["metavar"] = type(default).__name__.upper()
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+        kwargs["help"] += f" (default: {default})"
+        parser.add_argument(flag_of(f.name), **kwargs)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a named set of settings")
+    _add_fields(parser.add_argument_group("environment"), EnvConfig, _env_flag)
+    _add_fields(parser.add_argument_group("training"), TrainConfig, _flag)
+
+
+def from_arguments(args: argparse.Namespace) -> TrainConfig:
+    overrides = dict(PRESETS[args.preset]) if args.preset else {}
+    env_overrides = dict(overrides.pop("env", {}))
+    for key, value in vars(args).items():
+        if value is None or "." not in key:
+            continue
+        owner, name = key.split(".", 1)
+        (env_overrides if owner == "EnvConfig" else overrides)[name] = value
+    return make_config(env=env_overrides, **overrides)
+
+
+def make_config(preset: str | None = None, env: dict | None = None, **overrides) -> TrainConfig:
+    """A TrainConfig from a preset name plus overrides (env options in ``env``)."""
+    base = dict(PRESETS[preset]) if preset else {}
+    env_options = {**base.pop("env", {}), **(env or {})}
+    cfg = TrainConfig(env=EnvConfig(**env_options), **{**base, **overrides})
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """Rebuild a TrainConfig saved with ``to_dict`` (a checkpoint's, say)."""
+    data = dict(data)
+    cfg = TrainConfig(env=EnvConfig(**data.pop("env")), **data)
+    validate(cfg)
+    return cfg
+
+
+def resume_config(run_dir: str, args: argparse.Namespace) -> TrainConfig:
+    """The config saved in run_dir's checkpoint, with the flags given explicitly on top."""
+    from fastdqn import checkpoint
+
+    saved = checkpoint.load(f"{run_dir}/checkpoint.pt")["config"]
+    env = dict(saved.pop("env"))
+    for key, value in vars(args).items():
+        if value is None or "." not in key:
+            continue
+        owner, name = key.split(".", 1)
+        (env if owner == "EnvConfig" else saved)[name] = value
+    saved["resume"] = True
+    return config_from_dict({**saved, "env": env})
+
+
+def validate(cfg: TrainConfig) -> None:
+    validate_env(cfg.env)
+    positive = ("total_steps", "buffer_size", "batch_size", "n_step", "hidden", "target_update_period",
+                "eval_episodes", "eval_max_steps", "log_interval", "updates_per_graph")
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+    for name in ("torch_threads", "learning_starts", "eval_interval", "checkpoint_interval", "max_grad_norm", "per_alpha",
+                 "per_eps", "max_minutes", "lr"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.replay_ratio <= 0:
+        raise ValueError(f"replay_ratio must be positive, got {cfg.replay_ratio}")
+    if not 0 < cfg.gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1], got {cfg.gamma}")
+    if not 0 <= cfg.tau <= 1:
+        raise ValueError(f"tau must be in [0, 1], got {cfg.tau}")
+    for name in ("eps_start", "eps_mid", "eps_final", "eval_eps", "per_beta0"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
+    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)

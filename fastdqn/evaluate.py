@@ -1,0 +1,62 @@
+"""Full-game evaluation: no episodic life, unclipped rewards, eval epsilon, no-op starts.
+
+Each of ``episodes`` envs plays exactly one game and its first game is the one counted, so
+short games are not over-represented. Optionally the game of env 0 is saved as a GIF made
+of the agent's own 84x84 observations (Atari only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastdqn.acting import select_actions
+from fastdqn.envs import EnvConfig, VecEnv
+
+
+def evaluate(q_network, env_cfg: EnvConfig, *, episodes: int, epsilon: float, max_steps: int,
+             device: torch.device, precision: str = "fp32", seed: int = 12345,
+             gif_path: str | Path | None = None) -> dict:
+    cfg = env_cfg.for_evaluation(num_envs=episodes, seed=seed)
+    cfg = replace(cfg, max_episode_steps=min(cfg.max_episode_steps, max_steps), num_threads=0)
+    env = VecEnv(cfg)
+    rng = np.random.default_rng(seed)
+    returns = np.full(episodes, np.nan)
+    lengths = np.zeros(episodes, np.int64)
+    frames = []
+    was_training = q_network.training
+    q_network.eval()
+    step = env.reset()
+    while np.isnan(returns).any():
+        if gif_path is not None and env.atari and np.isnan(returns[0]):
+            rows = np.flatnonzero(step.env_ids == 0)
+            if len(rows):
+                frames.append(step.obs[rows[0], -1])
+        for i in np.flatnonzero(step.game_over):
+            e = step.env_ids[i]
+            if np.isnan(returns[e]):
+                returns[e], lengths[e] = step.episode_returns[i], step.episode_lengths[i]
+        actions = select_actions(q_network, step.obs, epsilon, env.num_actions, rng, device, precision)
+        step = env.step(actions)
+    env.close()
+    q_network.train(was_training)
+    if gif_path is not None and frames:
+        write_gif(gif_path, frames)
+    return {
+        "mean_return": float(returns.mean()),
+        "std_return": float(returns.std()),
+        "returns": returns.tolist(),
+        "mean_length": float(lengths.mean()),
+        "episodes": episodes,
+    }
+
+
+def write_gif(path: str | Path, frames: list[np.ndarray], scale: int = 2, fps: int = 30) -> None:
+    import imageio.v2 as imageio
+
+    big = [np.kron(f, np.ones((scale, scale), np.uint8)) for f in frames]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, big, duration=1000 / fps, loop=0)

@@ -1,0 +1,294 @@
+"""The training loop. It reads in the order of the algorithm:
+
+    act (epsilon-greedy, one forward for the whole env batch) -> step EnvPool -> store the
+    newest frame -> sample prioritized n-step batches -> double-Q update -> priorities back
+    (the learner syncs its target net itself) -> log, evaluate, checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastdqn import checkpoint
+from fastdqn.acting import epsilon_at, select_actions
+from fastdqn.config import TrainConfig, to_dict
+from fastdqn.envs import VecEnv
+from fastdqn.evaluate import evaluate
+from fastdqn.learner import Learner
+from fastdqn.networks import make_q_network
+from fastdqn.replay import PrioritizedReplay, ReplaySample
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU")
+    return device
+
+
+class RunLog:
+    """TensorBoard scalars, the hyper-parameters, and summary.json (rewritten atomically)."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = run_dir
+        self.writer = SummaryWriter(str(run_dir))
+        config = to_dict(cfg)
+        self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
+        self.summary: dict = {"env_id": cfg.env.env_id, "config": config}
+        path = run_dir / "summary.json"
+        if cfg.resume and path.exists():
+            self.summary = {**json.loads(path.read_text()), "config": config}
+
+    def scalars(self, step: int, values: dict) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+
+    def write_summary(self, **fields) -> None:
+        self.summary.update(fields)
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(self.summary, indent=2) + "\n")
+        os.replace(tmp, self.run_dir / "summary.json")
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def build_learner(cfg: TrainConfig, obs_shape, num_actions: int, device: torch.device) -> Learner:
+    hidden = cfg.hidden if len(obs_shape) == 3 else (cfg.hidden, cfg.hidden)
+    q_network = make_q_network(obs_shape, num_actions, dueling=cfg.dueling, hidden=hidden)
+    return Learner(
+        q_network,
+        lr=cfg.lr,
+        optimizer=cfg.optimizer,
+        adam_eps=cfg.adam_eps,
+        loss=cfg.loss,
+        max_grad_norm=cfg.max_grad_norm,
+        double_q=cfg.double_q,
+        target_update_period=cfg.target_update_period,
+        tau=cfg.tau,
+        precision=cfg.precision,
+        compile=cfg.compile,
+        cuda_graph=cfg.cuda_graph and device.type == "cuda",
+        updates_per_graph=cfg.updates_per_graph,
+        device=device,
+    )
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    run_dir = Path(cfg.run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+    if not cfg.resume and ckpt_path.exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    env = VecEnv(cfg.env)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.torch_threads or (1 if len(env.obs_shape) == 1 else os.cpu_count()))
+    learner = build_learner(cfg, env.obs_shape, env.num_actions, device)
+    q_network = learner.q_network
+    replay = PrioritizedReplay(
+        cfg.buffer_size, env.num_envs, env.frame_shape, stack=env.stack, n_step=cfg.n_step,
+        gamma=cfg.gamma, alpha=cfg.per_alpha, eps=cfg.per_eps, seed=cfg.seed, obs_dtype=env.obs_dtype,
+    )
+
+    counters = {"agent_steps": 0, "updates": 0, "games": 0, "wall_seconds": 0.0, "best_eval": -math.inf,
+                "credit": 0.0, "next_log": 0, "next_eval": cfg.eval_interval, "next_ckpt": cfg.checkpoint_interval}
+    if cfg.resume and ckpt_path.exists():
+        state = checkpoint.load(ckpt_path)
+        learner.load_state_dict(state["learner"])
+        counters.update(state["counters"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        replay_state = checkpoint.load_replay(ckpt_path) if cfg.save_replay else None
+        if replay_state is not None:
+            replay.load_state_dict(replay_state)
+        print(f"resumed {ckpt_path} at step {counters['agent_steps']:,} "
+              f"({'with' if replay_state else 'without'} replay)", file=sys.stderr)
+
+    log = RunLog(run_dir, cfg)
+    frame_skip = cfg.env.frame_skip if env.atari else 1
+    recent_returns: collections.deque = collections.deque(maxlen=20)
+
+    def save_checkpoint() -> None:
+        payload = {
+            "config": to_dict(cfg),
+            "learner": learner.state_dict(),
+            "counters": {**counters, "wall_seconds": counters["wall_seconds"] + time.time() - start},
+            "numpy_rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "obs_shape": list(env.obs_shape),
+            "num_actions": env.num_actions,
+        }
+        checkpoint.save(ckpt_path, payload, replay.state_dict() if cfg.save_replay else None)
+
+    def progress_fields() -> dict:
+        steps = counters["agent_steps"]
+        wall = counters["wall_seconds"] + time.time() - start
+        return dict(agent_steps=steps, frames=steps * frame_skip, wall_seconds=round(wall, 1),
+                    train_sps=round(steps / max(wall, 1e-9), 1), updates=counters["updates"], device=str(device))
+
+    def run_evaluation(final: bool = False) -> float:
+        result = evaluate(q_network, cfg.env, episodes=cfg.eval_episodes, epsilon=cfg.eval_eps,
+                          max_steps=cfg.eval_max_steps, device=device, precision=cfg.precision,
+                          seed=cfg.seed + 777 + counters["agent_steps"],
+                          gif_path=run_dir / "eval.gif" if final and env.atari else None)
+        steps = counters["agent_steps"]
+        counters["best_eval"] = max(counters["best_eval"], result["mean_return"])
+        log.scalars(steps, {"eval/mean_return": result["mean_return"], "eval/std_return": result["std_return"],
+                            "eval/mean_length": result["mean_length"]})
+        fields = progress_fields()
+        wall = fields["wall_seconds"]
+        log.write_summary(
+            **fields, eval_mean_return=result["mean_return"], eval_std_return=result["std_return"],
+            eval_returns=result["returns"], eval_episodes=result["episodes"],
+            best_eval_mean_return=counters["best_eval"],
+            evals=log.summary.get("evals", []) + [{"agent_steps": steps, "wall_seconds": wall,
+                                                    "mean_return": result["mean_return"]}],
+        )
+        print(f"eval at step {steps:,}: mean {result['mean_return']:.1f} ± {result['std_return']:.1f} "
+              f"over {result['episodes']} games ({wall / 60:.1f} min)", file=sys.stderr)
+        return result["mean_return"]
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.total_steps, initial=counters["agent_steps"], unit="step", disable=not progress,
+               dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    start = time.time()
+    interval = {"t": time.time(), "steps": counters["agent_steps"], "updates": counters["updates"],
+                "loss": torch.zeros(()), "q": torch.zeros(()), "td": torch.zeros(()), "n": 0}
+    last_action = np.zeros(env.num_envs, np.int64)
+    stop_reason = "total_steps reached"
+    # Ctrl-C (or SIGTERM) finishes the current iteration, then checkpoints and exits.
+    interrupted = []
+    handler = lambda signum, frame: interrupted.append(signum)  # noqa: E731
+    old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    learning_since = None  # (time, agent_steps) of this process's first update
+    step = env.reset()
+    try:
+        while counters["agent_steps"] < cfg.total_steps:
+            agent_steps = counters["agent_steps"]
+            epsilon = epsilon_at(cfg, agent_steps)
+            # 1. store what EnvPool returned (the action stored is the one that led to this obs)
+            replay.add(step.obs, last_action[step.env_ids], step.reward, step.terminated, step.truncated,
+                       step.reset_step, step.new_game, step.env_ids)
+            # 2. act on the whole batch with one forward, 3. step the envs
+            actions = select_actions(q_network, step.obs, epsilon, env.num_actions, rng, device, cfg.precision)
+            last_action[step.env_ids] = actions
+            step = env.step(actions)
+            counters["agent_steps"] = agent_steps = agent_steps + len(step.env_ids)
+            for i in np.flatnonzero(step.game_over):
+                counters["games"] += 1
+                recent_returns.append(step.episode_returns[i])
+                log.scalars(agent_steps, {"charts/episodic_return": step.episode_returns[i],
+                                          "charts/episodic_length": step.episode_lengths[i]})
+            # 4. learn: keep `replay_ratio` sampled transitions per agent step on average
+            if len(replay) >= cfg.learning_starts:
+                if learning_since is None:
+                    learning_since = (time.time(), agent_steps)
+                counters["credit"] += cfg.replay_ratio * len(step.env_ids) / cfg.batch_size
+                beta = cfg.per_beta0 + (1.0 - cfg.per_beta0) * min(1.0, agent_steps / cfg.total_steps)
+                # On a GPU K = updates_per_graph batches are sampled ahead and run as one CUDA
+                # graph; sample() reuses its output arrays, so each batch is copied first.
+                group = learner.updates_per_graph if learner.cuda_graph else 1
+                while counters["credit"] >= group:
+                    counters["credit"] -= group
+                    if group == 1:
+                        batch = replay.sample(cfg.batch_size, beta)
+                        out = learner.update(batch)
+                        replay.update_priorities(batch.indices, _numpy(out["td_abs"]))
+                    else:
+                        batches = [ReplaySample(*(a.copy() for a in replay.sample(cfg.batch_size, beta)))
+                                   for _ in range(group)]
+                        out = learner.update_many(batches)
+                        for b, td_abs in zip(batches, _numpy(out["td_abs"])):
+                            replay.update_priorities(b.indices, td_abs)
+                    counters["updates"] += group
+                    interval["loss"] = interval["loss"] + out["loss"].detach().float().sum().cpu()
+                    interval["q"] = interval["q"] + out["mean_q"].detach().float().sum().cpu()
+                    interval["td"] = interval["td"] + out["td_abs"].detach().float().mean(-1).sum().cpu()
+                    interval["n"] += group
+            bar.update(len(step.env_ids))
+
+            if agent_steps >= counters["next_log"]:
+                counters["next_log"] = agent_steps + cfg.log_interval
+                now = time.time()
+                sps = (agent_steps - interval["steps"]) / max(now - interval["t"], 1e-9)
+                values = {"charts/epsilon": epsilon, "charts/SPS": sps, "charts/FPS": sps * frame_skip,
+                          "charts/updates_per_second": (counters["updates"] - interval["updates"]) / max(now - interval["t"], 1e-9),
+                          "replay/fill": len(replay) / cfg.buffer_size}
+                if interval["n"]:
+                    loss = interval["loss"].item() / interval["n"]
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(
+                            f"the loss became {loss} at step {agent_steps:,}; the last good checkpoint is "
+                            f"{ckpt_path if ckpt_path.exists() else 'not written yet'} (try a lower --lr)")
+                    values.update({"losses/td_loss": loss, "losses/q_values": interval["q"].item() / interval["n"],
+                                   "losses/td_abs": interval["td"].item() / interval["n"]})
+                log.scalars(agent_steps, values)
+                interval.update(t=now, steps=agent_steps, updates=counters["updates"], loss=torch.zeros(()),
+                                q=torch.zeros(()), td=torch.zeros(()), n=0)
+                score = f"{np.mean(recent_returns):.1f}" if recent_returns else "-"
+                bar.set_postfix_str(f"sps={sps:,.0f} score={score} eps={epsilon:.3f}", refresh=False)
+
+            # (the last evaluation is the final one, below)
+            if cfg.eval_interval and counters["next_eval"] <= agent_steps < cfg.total_steps:
+                counters["next_eval"] = agent_steps + cfg.eval_interval
+                if run_evaluation() >= cfg.target_score:
+                    stop_reason = f"target score {cfg.target_score} reached"
+                    break
+            if cfg.checkpoint_interval and agent_steps >= counters["next_ckpt"]:
+                counters["next_ckpt"] = agent_steps + cfg.checkpoint_interval
+                save_checkpoint()
+            if cfg.max_minutes and counters["wall_seconds"] + time.time() - start >= cfg.max_minutes * 60:
+                stop_reason = f"max_minutes ({cfg.max_minutes}) reached"
+                break
+            if interrupted:
+                stop_reason = "interrupted"
+                break
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        bar.close()
+        env.close()
+
+    if learning_since is not None:
+        t0, s0 = learning_since
+        log.summary["learning_sps"] = round((counters["agent_steps"] - s0) / max(time.time() - t0, 1e-9), 1)
+    if stop_reason != "interrupted" and cfg.final_eval:
+        run_evaluation(final=True)
+    save_checkpoint()
+    log.write_summary(**progress_fields(), stop_reason=stop_reason)
+    log.close()
+    print(f"{stop_reason}; checkpoint {ckpt_path}", file=sys.stderr)
+    return log.summary
+
+
+def _numpy(x) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def config_from_run(run_dir: str | Path) -> dict:
+    """The config a run was started with (from its checkpoint), as nested dicts."""
+    return checkpoint.load(Path(run_dir) / "checkpoint.pt")["config"]
+

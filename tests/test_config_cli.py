@@ -1,0 +1,47 @@
+import subprocess
+import sys
+
+import pytest
+
+from fastdqn.cli import build_parser
+from fastdqn.config import PRESETS, from_arguments, make_config
+
+
+def parse(*argv):
+    args, rest = build_parser().parse_known_args(["train", *argv])
+    assert not rest
+    return from_arguments(args)
+
+
+def test_flags_override_preset_override_defaults():
+    cfg = parse("--preset", "cartpole", "--lr", "0.01", "--num-envs", "2", "--no-dueling", "--env-seed", "7")
+    assert cfg.env.env_id == "CartPole-v1"  # from the preset
+    assert cfg.total_steps == PRESETS["cartpole"]["total_steps"]
+    assert cfg.lr == 0.01 and cfg.env.num_envs == 2 and cfg.dueling is False and cfg.env.seed == 7
+    default = parse()
+    assert default.env.env_id == "Breakout-v5" and default.lr == 1e-4 and default.dueling is True
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_is_valid(preset):
+    make_config(preset)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [(dict(gamma=1.5), "gamma"), (dict(batch_size=0), "batch_size"), (dict(replay_ratio=0), "replay_ratio"),
+     (dict(tau=2.0), "tau"), (dict(device="tpu"), "device"), (dict(eps_final=-0.1), "eps_final")],
+)
+def test_bad_values_are_refused_by_name(changes, message):
+    with pytest.raises(ValueError, match=message):
+        make_config("cartpole", **changes)
+
+
+def test_cli_help_and_bad_input_exit_cleanly(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "fastdqn.cli", *a], capture_output=True, text=True)  # noqa: E731
+    out = run("train", "--help")
+    assert out.returncode == 0 and "--replay-ratio" in out.stdout and "sampled transitions" in out.stdout
+    out = run("train", "--env-id", "Breakuot-v5", "--run-dir", str(tmp_path / "r"))
+    assert out.returncode == 2 and "Did you mean" in out.stderr and "Traceback" not in out.stderr
+    out = run("eval", str(tmp_path / "nothing.pt"))
+    assert out.returncode == 2 and "no checkpoint" in out.stderr

@@ -41,7 +41,7 @@ class TrainConfig:
     dueling: bool = _f(True, "dueling head Q = V + A - mean(A)")
     hidden: int = _f(512, "hidden units of the Q-network's fully connected layer(s)")
     double_q: bool = _f(True, "double-Q target (online argmax, target value); off = max over the target net")
-    loss: str = _f("huber", "huber, mse or pseudo_huber", choices=("huber", "mse", "pseudo_huber"))
+    loss: str = _f("huber", "huber, mse (0.5 delta^2) or pseudo_huber (sqrt(delta^2 + 1) - 1)", choices=("huber", "mse", "pseudo_huber"))
     optimizer: str = _f("adam", "adam or rmsprop", choices=("adam", "rmsprop"))
     lr: float = _f(1e-4, "learning rate")
     adam_eps: float = _f(1.5e-4, "Adam/RMSProp epsilon")

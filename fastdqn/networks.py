@@ -22,6 +22,9 @@ from torch import nn
 __all__ = ["NatureCNN", "MLP", "QHead", "make_q_network"]
 
 _RELU_GAIN = math.sqrt(2.0)
+# torch >= 2.4 asks "is autocast on, and in which dtype" per device type; older versions
+# just take the fp32 route (same result, one more cast).
+_DEVICE_AUTOCAST_API = hasattr(torch, "get_autocast_dtype")
 
 
 def _init_linear(layer: nn.Linear | nn.Conv2d, gain: float) -> nn.Module:
@@ -85,7 +88,7 @@ class NatureCNN(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         device_type = obs.device.type
-        if torch.is_autocast_enabled(device_type):
+        if _DEVICE_AUTOCAST_API and torch.is_autocast_enabled(device_type):
             x = obs.to(torch.get_autocast_dtype(device_type))
         else:
             x = obs.float()

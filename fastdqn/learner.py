@@ -1,0 +1,478 @@
+"""The DQN learner: one double-Q update per batch, eager / compiled on CPU, CUDA graph on GPU.
+
+One update, for a batch of n-step transitions (s, a, R, gamma^m, s', w) from the replay::
+
+    a*     = argmax_a Q_online(s', a)                (double_q=False: max over Q_target)
+    y      = R + gamma^m * Q_target(s', a*)          (gamma^m = 0 at terminals: no bootstrap)
+    delta  = Q_online(s, a) - y                      (y is a constant: no gradient)
+    loss   = mean_i( w_i * l(delta_i) )              l: huber | mse | pseudo_huber
+    clip the gradient norm, optimizer step, then the target update:
+      hard (tau = 0):   theta' <- theta  after every C-th update (num_updates % C == 0)
+      Polyak (tau > 0): theta' <- theta' + tau * (theta - theta')  after every update
+
+Per-sample losses (delta = prediction - target):
+    huber         0.5 delta^2 if |delta| <= 1 else |delta| - 0.5
+    mse           0.5 delta^2   (the 1/2 makes all three agree near 0: gradient delta)
+    pseudo_huber  sqrt(delta^2 + 1) - 1
+
+Mixed precision (precision="bf16"): the three network forwards run under bf16 autocast;
+the weights, optimizer state, Q(s,a), the target y, the loss and |TD| stay fp32.
+
+Execution paths (same numerics, same code for the update itself):
+- CPU: eager by default; ``compile=True`` wraps the loss (three forwards + loss, and so
+  its backward) in torch.compile; Adam is the fused CPU kernel either way. On the
+  2-core Zen4 of the design notes, bf16 is the win (about 1.7-1.8x fp32 at batch 32,
+  2.5x at 256); compiling adds little to bf16 and costs seconds of warm-up
+  (bench/learner.py measures all of it).
+- CUDA, ``cuda_graph=True``: :meth:`Learner.update_many` captures K = updates_per_graph
+  consecutive updates on K pre-sampled batches into one CUDA graph and replays it; see
+  ``_capture`` for what must live in device tensors.
+- CUDA, ``cuda_graph=False``, or :meth:`Learner.update` on any device: eager.
+
+Results are host tensors: ``update`` -> loss (), td_abs (B,), mean_q ();
+``update_many`` -> loss (K,), td_abs (K, B), mean_q (K,). On CUDA they come back in one
+device->host copy per call; the caller calls ``float()``/``.numpy()`` only when it logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Learner", "BATCH_FIELDS"]
+
+# Keys of a replay batch (a Mapping, or an object with these attributes). ``weights`` may
+# be missing or None (uniform replay): all ones.
+BATCH_FIELDS = ("obs", "actions", "returns", "discounts", "next_obs", "weights")
+
+_LOSSES = ("huber", "mse", "pseudo_huber")
+
+
+def elementwise_loss(delta: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-sample loss of the TD error ``delta`` (see the module docstring)."""
+    if kind == "huber":
+        abs_delta = delta.abs()
+        return torch.where(abs_delta <= 1.0, 0.5 * delta * delta, abs_delta - 0.5)
+    if kind == "mse":
+        return 0.5 * delta * delta
+    if kind == "pseudo_huber":
+        return torch.sqrt(delta * delta + 1.0) - 1.0
+    raise ValueError(f"loss must be one of {_LOSSES}, got {kind!r}")
+
+
+def _field(batch: Any, name: str):
+    return batch.get(name) if isinstance(batch, Mapping) else getattr(batch, name, None)
+
+
+class _Staging:
+    """Pinned host buffers and their device twins for K batches of one fixed shape.
+
+    ``load`` copies K NumPy batches into pinned memory (plain memcpy), then each field to
+    the device in one non-blocking copy. Reusing the buffers is safe because every caller
+    waits for the results of the previous call (which come after these copies) first.
+    """
+
+    def __init__(self, batches: Sequence[Any], device: torch.device):
+        self.k = len(batches)
+        self.host: dict[str, torch.Tensor] = {}
+        self.dev: dict[str, torch.Tensor] = {}
+        for name in BATCH_FIELDS:
+            x = _as_tensor(_field(batches[0], name), name, batches[0])
+            shape = (self.k, *x.shape)
+            self.host[name] = torch.empty(shape, dtype=x.dtype, pin_memory=True)
+            self.dev[name] = torch.empty(shape, dtype=x.dtype, device=device)
+        self.batch_size = self.dev["actions"].shape[1]
+
+    def matches(self, batches: Sequence[Any]) -> bool:
+        if len(batches) != self.k:
+            return False
+        return all(_as_tensor(_field(batches[0], n), n, batches[0]).shape == self.host[n].shape[1:]
+                   for n in ("obs", "actions"))
+
+    def load(self, batches: Sequence[Any]) -> dict[str, torch.Tensor]:
+        for name in BATCH_FIELDS:
+            host = self.host[name]
+            for k, batch in enumerate(batches):
+                host[k].copy_(_as_tensor(_field(batch, name), name, batch))
+            self.dev[name].copy_(host, non_blocking=True)
+        return self.dev
+
+
+def _as_tensor(x, name: str, batch: Any) -> torch.Tensor:
+    """Zero-copy view of a NumPy field as a CPU tensor, with the dtype the update needs."""
+    if x is None:
+        if name != "weights":
+            raise KeyError(f"batch has no {name!r}")
+        x = np.ones(np.shape(_field(batch, "returns")), dtype=np.float32)
+    t = torch.as_tensor(x)
+    if name == "actions":
+        return t.long()
+    if name in ("returns", "discounts", "weights"):
+        return t.float()
+    return t
+
+
+class Learner:
+    """Owns the online and target Q-networks and the optimizer; runs the DQN update.
+
+    Args:
+        q_network: the online network (moved to ``device``); the target is a deep copy.
+        lr: learning rate (change it later with :meth:`set_lr`).
+        optimizer: "adam" (eps=``adam_eps``) or "rmsprop" (Nature-DQN style: alpha 0.95,
+            eps 0.01, centered).
+        loss: "huber" (default), "mse" or "pseudo_huber".
+        max_grad_norm: clip the global gradient norm to this; None or 0 disables.
+        double_q: double-DQN target (default) or the plain max over the target net.
+        target_update_period: hard copy every C updates (used when tau == 0).
+        tau: > 0 selects Polyak averaging every update instead of hard copies.
+        precision: "fp32" or "bf16" (autocast for the forwards, fp32 master weights).
+        compile: torch.compile the loss (eager paths; a CUDA graph captures the plain code).
+        cuda_graph: capture ``updates_per_graph`` updates in one CUDA graph (CUDA only).
+        updates_per_graph: K, the number of batches :meth:`update_many` takes on the graph.
+        device: torch device; default: the network's device.
+    """
+
+    def __init__(self, q_network: nn.Module, *, lr: float = 1e-4, optimizer: str = "adam",
+                 adam_eps: float = 1.5e-4, loss: str = "huber",
+                 max_grad_norm: float | None = 10.0, double_q: bool = True,
+                 target_update_period: int = 8000, tau: float = 0.0, precision: str = "fp32",
+                 compile: bool = False, cuda_graph: bool = False, updates_per_graph: int = 4,
+                 device: str | torch.device | None = None):
+        if loss not in _LOSSES:
+            raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"tau must be in [0, 1], got {tau}")
+        if tau == 0.0 and target_update_period < 1:
+            raise ValueError("target_update_period must be >= 1")
+        if device is None:
+            device = next(q_network.parameters()).device
+        self.device = torch.device(device)
+        if cuda_graph and self.device.type != "cuda":
+            raise ValueError("cuda_graph=True needs a CUDA device")
+        if updates_per_graph < 1:
+            raise ValueError("updates_per_graph must be >= 1")
+
+        self.q_network = q_network.to(self.device)
+        self.target_network = copy.deepcopy(self.q_network).requires_grad_(False)
+        self.loss_kind = loss
+        self.max_grad_norm = max_grad_norm or None
+        self.double_q = double_q
+        self.target_update_period = int(target_update_period)
+        self.tau = float(tau)
+        self.precision = precision
+        self.cuda_graph = cuda_graph
+        self.updates_per_graph = int(updates_per_graph)
+        self.num_updates = 0  # host count, exact: each update / graph replay adds 1 / K
+        self._is_cuda = self.device.type == "cuda"
+        # The same count on the device, for code inside a CUDA graph (see _capture).
+        self._num_updates_t = torch.zeros((), dtype=torch.int64, device=self.device)
+
+        self._params = [p for p in self.q_network.parameters()]
+        self._online_tensors = self._params + list(self.q_network.buffers())
+        self._target_tensors = (list(self.target_network.parameters())
+                                + list(self.target_network.buffers()))
+        self.optimizer = self._make_optimizer(optimizer, lr, adam_eps)
+        # CPU, bf16, hard updates: the target's weights change once per C updates, yet
+        # autocast would cast them to bf16 on every forward (~1 ms at batch 32 for the fc
+        # layer alone, a memory-bound pass). Keep them cast: a bf16 copy, refreshed at
+        # each sync. Identical numbers: the same fp32 -> bf16 rounding, done once.
+        self._target_bf16: nn.Module | None = None
+        if precision == "bf16" and self.tau == 0.0 and not self._is_cuda:
+            self._target_bf16 = copy.deepcopy(self.target_network).to(torch.bfloat16)
+
+        self._loss_fn = self._td_loss
+        if compile:
+            self._loss_fn = torch.compile(self._td_loss)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_staging: _Staging | None = None
+        self._eager_staging: _Staging | None = None
+        self._host_out: torch.Tensor | None = None
+        self._done = torch.cuda.Event() if self._is_cuda else None
+
+    # ----------------------------------------------------------------------------- set-up
+
+    def _make_optimizer(self, kind: str, lr: float, adam_eps: float) -> torch.optim.Optimizer:
+        # CUDA: capturable=True keeps the step count on the device and never reads it back,
+        # so the same optimizer runs eagerly and inside a graph; the lr is then a device
+        # tensor so that set_lr reaches a captured graph. CPU: the fused kernel (one pass
+        # over each tensor) is the fastest step there (see bench/learner.py).
+        if self._is_cuda:
+            impl = dict(capturable=True, foreach=True)
+            lr = torch.tensor(float(lr), device=self.device)
+        else:
+            impl = dict(fused=True) if kind == "adam" else {}
+        if kind == "adam":
+            try:
+                return torch.optim.Adam(self._params, lr=lr, eps=adam_eps, **impl)
+            except RuntimeError:  # torch < 2.4 has no fused CPU Adam
+                return torch.optim.Adam(self._params, lr=lr, eps=adam_eps)
+        if kind == "rmsprop":
+            return torch.optim.RMSprop(self._params, lr=lr, alpha=0.95, eps=0.01,
+                                       centered=True, **impl)
+        raise ValueError(f"optimizer must be 'adam' or 'rmsprop', got {kind!r}")
+
+    def autocast(self):
+        """The precision context of this learner's forwards (also right for acting)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        # Autocast's weight-cast cache may not be used inside a CUDA graph capture.
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              cache_enabled=not self._is_cuda)
+
+    def set_lr(self, lr: float) -> None:
+        """Change the learning rate; in place on CUDA, so captured graphs see it too."""
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(float(lr))
+            else:
+                group["lr"] = float(lr)
+
+    # ----------------------------------------------------------------------- the update
+
+    def _td_loss(self, obs, actions, returns, discounts, next_obs, weights):
+        """(loss, |TD| per sample, mean Q(s,a)); the forwards under autocast, the rest fp32."""
+        with self.autocast():
+            q_all = self.q_network(obs)
+            with torch.no_grad():
+                target_net = self.target_network if self._target_bf16 is None else self._target_bf16
+                next_target = target_net(next_obs)
+                next_online = self.q_network(next_obs) if self.double_q else None
+        q = q_all.float().gather(1, actions.unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            next_target = next_target.float()
+            if self.double_q:
+                best = next_online.float().argmax(dim=1, keepdim=True)
+                next_value = next_target.gather(1, best).squeeze(1)
+            else:
+                next_value = next_target.max(dim=1).values
+            td_target = returns + discounts * next_value
+        delta = q - td_target
+        loss = (weights * elementwise_loss(delta, self.loss_kind)).mean()
+        return loss, delta.detach().abs(), q.detach().mean()
+
+    def _train_step(self, obs, actions, returns, discounts, next_obs, weights, *, in_graph=False):
+        """One full update on device tensors; returns device tensors (no host sync)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        # A graph already removes the launch overhead compiling would: it captures the plain
+        # code (and keeps torch.compile's own machinery out of the capture).
+        loss_fn = self._td_loss if in_graph else self._loss_fn
+        loss, td_abs, mean_q = loss_fn(obs, actions, returns, discounts, next_obs, weights)
+        loss.backward()
+        if self.max_grad_norm is not None:
+            self._clip_grad_norm(in_graph)
+        self.optimizer.step()
+        self._num_updates_t += 1
+        self._update_target(in_graph)
+        return loss.detach(), td_abs, mean_q
+
+    @torch.no_grad()
+    def _clip_grad_norm(self, in_graph: bool) -> None:
+        """grads *= min(1, max_norm / (norm + 1e-6)), norm over all parameters."""
+        if self._is_cuda or in_graph:
+            # All on the device, no host sync: safe inside a graph.
+            nn.utils.clip_grad_norm_(self._params, self.max_grad_norm)
+            return
+        # CPU: reading the norm costs nothing here, and when the factor would be exactly 1
+        # (the usual case) skipping the multiply saves a pass over every gradient.
+        grads = [p.grad for p in self._params if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scale = self.max_grad_norm / (norm + 1e-6)
+        if scale < 1.0:
+            torch._foreach_mul_(grads, scale)
+
+    @torch.no_grad()
+    def _update_target(self, in_graph: bool) -> None:
+        if self.tau > 0.0:
+            # theta' + tau * (theta - theta') == (1 - tau) theta' + tau theta
+            torch._foreach_lerp_(self._target_tensors, self._online_tensors, self.tau)
+        elif in_graph:
+            # Inside a graph the copy must be decided on the device: a Python `if` would be
+            # evaluated once, at capture. torch.where selects exactly (no arithmetic).
+            sync = (self._num_updates_t % self.target_update_period) == 0
+            for target, online in zip(self._target_tensors, self._online_tensors):
+                target.copy_(torch.where(sync, online, target))
+            self._refresh_target_bf16()  # (CPU only: no bf16 copy on CUDA)
+        elif (self.num_updates + 1) % self.target_update_period == 0:
+            for target, online in zip(self._target_tensors, self._online_tensors):
+                target.copy_(online)
+            self._refresh_target_bf16()
+
+    @torch.no_grad()
+    def _refresh_target_bf16(self) -> None:
+        if self._target_bf16 is not None:
+            for cast, master in zip(self._target_bf16.state_dict().values(),
+                                    self.target_network.state_dict().values()):
+                cast.copy_(master)
+
+    def compute_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, |TD| (B,), mean Q) of a batch on the device, no step; loss has its graph."""
+        args = [_as_tensor(_field(batch, name), name, batch).to(self.device)
+                for name in BATCH_FIELDS]
+        return self._loss_fn(*args)
+
+    def update(self, batch) -> dict[str, torch.Tensor]:
+        """One eager (or compiled) update. Returns host tensors loss (), td_abs (B,), mean_q ()."""
+        if self._is_cuda:
+            if self._eager_staging is None or not self._eager_staging.matches([batch]):
+                self._eager_staging = _Staging([batch], self.device)
+            dev = self._eager_staging.load([batch])
+            args = [dev[name][0] for name in BATCH_FIELDS]
+        else:
+            args = [_as_tensor(_field(batch, name), name, batch) for name in BATCH_FIELDS]
+        loss, td_abs, mean_q = self._train_step(*args)
+        self.num_updates += 1
+        if not self._is_cuda:
+            return {"loss": loss, "td_abs": td_abs, "mean_q": mean_q}
+        out = self._to_host(torch.cat([td_abs, loss.view(1), mean_q.view(1)]).unsqueeze(0))
+        return {"loss": out[0, -2], "td_abs": out[0, :-2], "mean_q": out[0, -1]}
+
+    def update_many(self, batches: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """K consecutive updates, one per batch; the CUDA graph path when enabled.
+
+        Returns host tensors loss (K,), td_abs (K, B), mean_q (K,).
+        """
+        batches = list(batches)
+        if not (self.cuda_graph and len(batches) == self.updates_per_graph):
+            results = [self.update(b) for b in batches]
+            return {key: torch.stack([r[key] for r in results]) for key in results[0]}
+        if self._graph is None or not self._graph_staging.matches(batches):
+            self._capture(batches)  # loads the batches into the static inputs itself
+        else:
+            self._graph_staging.load(batches)
+        self._graph.replay()
+        self.num_updates += len(batches)
+        out = self._to_host(self._graph_out)
+        return {"loss": out[:, -2], "td_abs": out[:, :-2], "mean_q": out[:, -1]}
+
+    def _to_host(self, packed: torch.Tensor) -> torch.Tensor:
+        """The one device->host copy of a call: (K, B + 2) = [|TD|..., loss, mean_q]."""
+        if self._host_out is None or self._host_out.shape != packed.shape:
+            self._host_out = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        self._host_out.copy_(packed, non_blocking=True)
+        self._done.record()
+        self._done.synchronize()  # the results (and so all earlier copies) are done
+        return self._host_out.clone()  # the pinned buffer is reused by the next call
+
+    # -------------------------------------------------------------------- the CUDA graph
+
+    def _capture(self, batches: Sequence[Any]) -> None:
+        """Capture K = len(batches) consecutive updates into one CUDA graph.
+
+        A graph replays fixed kernels on fixed addresses, so:
+        - inputs are static device buffers (``_graph_staging.dev``), refilled before each
+          replay; outputs land in the static ``_graph_out``;
+        - everything that changes between replays is a device tensor changed in place:
+          the update counter (incremented by the graph itself), the target-sync decision
+          (computed from it on the device, see _update_target), the Adam step count and the
+          lr (capturable optimizer). A Python number read during capture is frozen forever;
+        - the optimizer state must exist before capture (lazily created state would be
+          allocated, and zero-filled, inside the graph on every replay), hence the warm-up.
+        """
+        self._graph = None
+        self._graph_staging = _Staging(batches, self.device)
+        static = self._graph_staging.load(batches)
+        k, batch_size = len(batches), self._graph_staging.batch_size
+        self._graph_out = torch.empty((k, batch_size + 2), device=self.device)
+
+        # Warm-up on a side stream, as PyTorch requires before capture: it creates the
+        # optimizer state, cuBLAS/cuDNN handles and workspaces outside the graph. It also
+        # trains, so every tensor it changes is saved first and put back after.
+        saved = self._snapshot()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._graph_updates(static, self._graph_out)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._restore(saved)
+
+        # Grads set to None so that backward allocates them from the graph's private pool;
+        # on replay the captured backward rewrites those same tensors.
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._graph_updates(static, self._graph_out)
+        self._graph = graph
+        # Capture records kernels without running them: the first replay does this call's work.
+
+    def _graph_updates(self, static: Mapping[str, torch.Tensor], out: torch.Tensor) -> None:
+        """What one graph holds: K updates on static[...][i]; results into out (K, B + 2)."""
+        batch_size = out.shape[1] - 2
+        for i in range(out.shape[0]):
+            loss, td_abs, mean_q = self._train_step(
+                *(static[name][i] for name in BATCH_FIELDS), in_graph=True)
+            out[i, :batch_size] = td_abs
+            out[i, batch_size] = loss
+            out[i, batch_size + 1] = mean_q
+
+    def _snapshot(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(tensor, saved copy) for all training state, plus a (None, None) marker when the
+        optimizer has no state yet: what the warm-up creates is then reset to zeros."""
+        tensors = self._online_tensors + self._target_tensors + [self._num_updates_t]
+        for p in self._params:
+            tensors += [v for v in self.optimizer.state.get(p, {}).values()
+                        if isinstance(v, torch.Tensor)]
+        saved: list = [(t, t.detach().clone()) for t in tensors]
+        if not self.optimizer.state:
+            saved.append((None, None))  # marker: zero whatever state the warm-up creates
+        return saved
+
+    @torch.no_grad()
+    def _restore(self, saved) -> None:
+        for tensor, copy_ in saved:
+            if tensor is None:
+                # Fresh Adam/RMSprop state is all zeros (step 0, moments 0); zeroed in place
+                # so that the tensors the graph captures stay the same objects.
+                for state in self.optimizer.state.values():
+                    for v in state.values():
+                        if isinstance(v, torch.Tensor):
+                            v.zero_()
+            else:
+                tensor.copy_(copy_)
+        self._refresh_target_bf16()
+
+    # ------------------------------------------------------------------- checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        opt = self.optimizer.state_dict()
+        for group in opt["param_groups"]:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"] = float(group["lr"].item())
+        return {
+            "q_network": self.q_network.state_dict(),
+            "target_network": self.target_network.state_dict(),
+            "optimizer": opt,
+            "num_updates": self.num_updates,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        # Modules load in place (same tensors); the optimizer replaces its state tensors,
+        # so a captured graph would point at stale memory: it is recaptured on next use.
+        self.q_network.load_state_dict(state["q_network"])
+        self.target_network.load_state_dict(state["target_network"])
+        self._refresh_target_bf16()
+        impl = {key: self.optimizer.param_groups[0].get(key)
+                for key in ("capturable", "fused", "foreach")}
+        lr_is_tensor = isinstance(self.optimizer.param_groups[0]["lr"], torch.Tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            group.update(impl)  # this learner's kernels, whatever the checkpoint used
+            if lr_is_tensor:
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+            for p in group["params"]:
+                st = self.optimizer.state.get(p, {})
+                if "step" in st:
+                    on_device = bool(impl["capturable"] or impl["fused"])
+                    st["step"] = st["step"].to(device=p.device if on_device else "cpu",
+                                               dtype=torch.float32)
+        self.num_updates = int(state["num_updates"])
+        self._num_updates_t.fill_(self.num_updates)
+        self._graph = None

@@ -1,0 +1,110 @@
+"""Q-networks: shapes, the /255 scaling, the dueling identity, init, the factory."""
+
+import pytest
+import torch
+from torch import nn
+
+from fastdqn.networks import MLP, NatureCNN, make_q_network
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two intra-op threads on a 2-core machine shared with other jobs can run 20x slower
+    # (OpenMP barriers); these tests are small, one thread is plenty and steady.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _frames(batch=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 4, 84, 84), dtype=torch.uint8, generator=g)
+
+
+def test_nature_cnn_layers_and_output_shape():
+    net = make_q_network((4, 84, 84), 6)
+    assert isinstance(net, NatureCNN)
+    convs = [m for m in net.torso if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (4, 32, (8, 8), (4, 4)), (32, 64, (4, 4), (2, 2)), (64, 64, (3, 3), (1, 1))]
+    # 84 -> 20 -> 9 -> 7: 64 * 7 * 7 = 3136 features into the fc 512 layer.
+    assert net.torso(torch.zeros(2, 4, 84, 84)).shape == (2, 3136)
+    assert net.head.q[0].in_features == 3136 and net.head.q[0].out_features == 512
+    q = net(_frames())
+    assert q.shape == (3, 6) and q.dtype == torch.float32
+
+
+def test_nature_cnn_scales_uint8_frames_by_255():
+    net = make_q_network((4, 84, 84), 4)
+    x = _frames()
+    expected = net.head(net.torso(x.float() / 255.0))
+    torch.testing.assert_close(net(x), expected, rtol=0, atol=0)
+    # and the scaling matters: the unscaled input gives something else
+    assert not torch.allclose(net.head(net.torso(x.float())), expected)
+
+
+def test_nature_cnn_bf16_autocast_close_to_fp32():
+    net = make_q_network((4, 84, 84), 6)
+    x = _frames(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q16 = net(x)
+    assert q16.dtype == torch.bfloat16
+    torch.testing.assert_close(q16.float(), net(x), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("obs_shape", [(4, 84, 84), (4,)])
+def test_dueling_q_minus_mean_is_value(obs_shape):
+    net = make_q_network(obs_shape, 5, dueling=True)
+    x = _frames(4) if len(obs_shape) == 3 else torch.randn(4, *obs_shape)
+    q = net(x)
+    if isinstance(net, NatureCNN):
+        features = net.torso(x.float() / 255.0)
+    else:
+        features = net.torso(x)
+    value = net.head.value(features)  # (B, 1)
+    advantage = net.head.advantage(features)  # (B, A)
+    assert value.shape == (4, 1)
+    # Q = V + A - mean_a A, so mean_a Q == V and Q - V == A - mean_a A.
+    torch.testing.assert_close(q.mean(dim=1, keepdim=True), value, atol=1e-5, rtol=0)
+    torch.testing.assert_close(q - value, advantage - advantage.mean(dim=1, keepdim=True),
+                               atol=1e-5, rtol=0)
+    # and the advantage stream really is used: Q differs across actions
+    assert (q.max(dim=1).values - q.min(dim=1).values).min() > 0
+
+
+def test_mlp_for_vector_observations_with_configurable_hidden():
+    net = make_q_network((4,), 2)
+    assert isinstance(net, MLP)
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(4, 128), (128, 128), (128, 2)]
+    assert net(torch.randn(7, 4)).shape == (7, 2)
+
+    net = make_q_network((8,), 3, hidden=(64, 32, 16))
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (8, 64), (64, 32), (32, 16), (16, 3)]
+
+
+def test_factory_rejects_other_shapes():
+    with pytest.raises(ValueError):
+        make_q_network((84, 84), 4)
+    with pytest.raises(ValueError):
+        make_q_network((4, 84, 80), 4)
+
+
+def test_orthogonal_init_with_relu_gain_and_zero_bias():
+    net = make_q_network((4,), 2, hidden=(16, 16))
+    first, out = net.torso[0], net.head.q[2]
+    # first: (16, 4), more rows than columns -> orthonormal columns times sqrt(2)
+    torch.testing.assert_close(first.weight.T @ first.weight, 2.0 * torch.eye(4), atol=1e-5,
+                               rtol=0)
+    # output: (2, 16) -> orthonormal rows, gain 1
+    torch.testing.assert_close(out.weight @ out.weight.T, torch.eye(2), atol=1e-5, rtol=0)
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            assert torch.count_nonzero(m.bias) == 0
+    conv = make_q_network((4, 84, 84), 2).torso[0]
+    w = conv.weight.reshape(32, -1)  # 32 filters of 256 weights: orthogonal rows
+    torch.testing.assert_close(w @ w.T, 2.0 * torch.eye(32), atol=1e-4, rtol=0)
+    assert torch.count_nonzero(conv.bias) == 0

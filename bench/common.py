@@ -87,3 +87,34 @@ def write_json(path: str | None, result: dict) -> None:
 def progress(message: str, enabled: bool = True) -> None:
     if enabled:
         print(f"... {message}", file=sys.stderr, flush=True)
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(busy CPU seconds of the whole machine since boot, CPU seconds of this process); Linux only."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    machine_busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    return machine_busy, time.process_time()
+
+
+class OtherLoad:
+    """How many cores OTHER processes kept busy since construction (None where unknown).
+
+    On a 2-core machine one busy core slows a 2-thread PyTorch update many times over, so
+    benchmarks report this beside their figures.
+    """
+
+    def __init__(self):
+        self._start, self._t0 = _cpu_seconds(), time.perf_counter()
+
+    def cores(self) -> float | None:
+        end = _cpu_seconds()
+        if self._start is None or end is None:
+            return None
+        wall = time.perf_counter() - self._t0
+        others = (end[0] - self._start[0]) - (end[1] - self._start[1])
+        return round(max(0.0, others) / max(wall, 1e-9), 2)

@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import sys
 import time
 
 import numpy as np
 import torch
 
+from fastdqn.bench.common import OtherLoad, machine, write_json
 from fastdqn.learner import Learner
 from fastdqn.networks import make_q_network
 
@@ -106,14 +104,14 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
         others = {m: [] for m in modes}  # cores other processes used during that round
         for r in range(rounds):
             for mode in modes:
-                n, busy0, t0 = 0, _cpu_busy(), time.perf_counter()
+                n, load, t0 = 0, OtherLoad(), time.perf_counter()
                 while True:
                     n += _step(learners[mode], batches, mode)
                     sync()
                     if time.perf_counter() - t0 >= seconds / rounds:
                         break
                 rates[mode].append(n / (time.perf_counter() - t0))
-                others[mode].append(_cpu_busy_of_others(busy0))
+                others[mode].append(load.cores())
             say(f"batch {batch_size}: round {r + 1}/{rounds} done")
         headline = {m: _headline(rates[m], others[m]) for m in modes}
         base = headline["fp32-eager"][0]
@@ -135,35 +133,14 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
         "benchmark": "learner",
         "device": str(device),
         "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else _cpu_name()),
+                        else machine()["cpu"]),
+        "machine": machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "network": "NatureCNN (4,84,84) uint8, 6 actions; Adam, Huber, double Q",
         "updates_per_graph": updates_per_graph,
         "results": results,
     }
-
-
-def _cpu_busy() -> tuple[float, float, float] | None:
-    """(machine busy CPU seconds, this process's CPU seconds, wall time), Linux only."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [float(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + fields[4]  # idle + iowait
-    ticks = os.sysconf("SC_CLK_TCK")
-    own = sum(os.times()[:4])
-    return (sum(fields) - idle) / ticks, own, time.perf_counter()
-
-
-def _cpu_busy_of_others(start) -> float | None:
-    """Average number of cores other processes kept busy since ``start`` (None: unknown)."""
-    end = _cpu_busy()
-    if start is None or end is None:
-        return None
-    wall = end[2] - start[2]
-    return round(max(0.0, (end[0] - start[0]) - (end[1] - start[1])) / wall, 2)
 
 
 QUIET = 0.1  # a round is quiet when other processes used less than this many cores
@@ -173,17 +150,6 @@ def _headline(rates: list[float], others: list[float | None]) -> tuple[float, in
     """(median updates/s over the quiet rounds, their count); all rounds if none was quiet."""
     quiet = [r for r, o in zip(rates, others) if o is not None and o < QUIET]
     return float(np.median(quiet or rates)), len(quiet)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def format_table(report: dict) -> str:
@@ -227,9 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
                       rounds=1)
     report = run(**kwargs)
     print(format_table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_json(args.json, report)
     return report
 
 

@@ -15,25 +15,14 @@ shared machine the copy-bound sample rates drop by up to 40 % when they are not 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import numpy as np
 
+from fastdqn.bench.common import OtherLoad, write_json
 from fastdqn.replay import PrioritizedReplay
-
-
-def _cpu_busy_s() -> float | None:
-    """CPU seconds all processes have spent busy since boot (Linux), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _rates(step, items_per_step: int, seconds: float, chunk: float = 0.1) -> dict:
@@ -41,7 +30,7 @@ def _rates(step, items_per_step: int, seconds: float, chunk: float = 0.1) -> dic
     and how many cores OTHER processes kept busy meanwhile (0 = a quiet machine)."""
     chunks = []
     done = 0
-    busy0, own0 = _cpu_busy_s(), time.process_time()
+    load = OtherLoad()
     start = time.perf_counter()
     while True:
         t0 = time.perf_counter()
@@ -54,8 +43,7 @@ def _rates(step, items_per_step: int, seconds: float, chunk: float = 0.1) -> dic
         if time.perf_counter() - start >= seconds:
             break
     elapsed = time.perf_counter() - start
-    busy1, own1 = _cpu_busy_s(), time.process_time()
-    others = None if busy0 is None else max(0.0, (busy1 - busy0 - (own1 - own0)) / elapsed)
+    others = load.cores()
     return {"median": float(np.median(chunks)), "mean": done * items_per_step / elapsed,
             "best": float(np.max(chunks)), "chunks": len(chunks), "other_busy_cores": others}
 
@@ -227,9 +215,7 @@ def main(argv=None) -> dict:
         kwargs.update(capacity=16_384, batch_sizes=(32, 64), seconds=0.2)
     result = run(**kwargs)
     print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    write_json(args.json, result)
     return result
 
 

@@ -33,13 +33,7 @@ from fastdqn.learner import Learner, elementwise_loss
 from fastdqn.networks import make_q_network
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # See tests/test_networks.py: one intra-op thread is steady on a shared 2-core box.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 ONLINE_W = [[1.0, 0.0], [0.0, 1.0]]

@@ -7,14 +7,7 @@ from torch import nn
 from fastdqn.networks import MLP, NatureCNN, make_q_network
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two intra-op threads on a 2-core machine shared with other jobs can run 20x slower
-    # (OpenMP barriers); these tests are small, one thread is plenty and steady.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _frames(batch=3, seed=0):

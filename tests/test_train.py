@@ -1,7 +1,6 @@
 """End-to-end training behaviour: learning, resume after a hard kill, failures that lose nothing."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 train: install
-	$(BIN)/fastdqn train --preset cartpole
+	$(BIN)/fastdqn train --preset cartpole --run-dir runs/cartpole-$$(date +%Y%m%d-%H%M%S)
 
 test: install
 	$(BIN)/python -m pytest -q

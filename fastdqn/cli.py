@@ -66,6 +66,9 @@ def _plot(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace, rest: list[str]) -> int:
     names = BENCHMARKS if args.which == "all" else (args.which,)
+    if args.which == "all" and set(rest) - {"--quick"}:
+        raise ValueError(f"'fastdqn bench all' takes only --quick and --json (got {' '.join(rest)}); "
+                         "run one benchmark for its own options, e.g. fastdqn bench replay --help")
     if args.json and len(names) == 1:
         rest = rest + ["--json", args.json]
     results = {}
@@ -112,12 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command == "bench":
-        return _bench(args, rest)
-    if rest:
+    if rest and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    commands = {"train": _train, "eval": _eval, "plot": _plot, "bench": lambda a: _bench(a, rest)}
     try:
-        return {"train": _train, "eval": _eval, "plot": _plot}[args.command](args)
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

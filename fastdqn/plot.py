@@ -35,6 +35,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, smooth: int = 2
     if not data:
         raise ValueError(f"{run_dir} has no episode or evaluation scores yet")
     out = Path(out) if out else run_dir / "learning_curve.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     if "charts/episodic_return" in data:
         steps, values = data["charts/episodic_return"]

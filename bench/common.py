@@ -51,7 +51,8 @@ def rate(fn, seconds: float, min_calls: int = 3) -> tuple[float, int]:
             return calls / elapsed, calls
 
 
-def table(title: str, header: list[str], rows: list[list], file=sys.stdout) -> None:
+def table(title: str, header: list[str], rows: list[list], file=None) -> None:
+    file = file or sys.stdout  # looked up at call time (tests and callers may redirect it)
     cells = [[str(c) for c in header]] + [[fmt(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     print(f"\n{title}", file=file)
@@ -71,7 +72,8 @@ def fmt(value) -> str:
     return str(value)
 
 
-def print_machine(info: dict, file=sys.stdout) -> None:
+def print_machine(info: dict, file=None) -> None:
+    file = file or sys.stdout
     gpu = info["gpu"] or "no GPU"
     print(f"machine: {info['cpu']}, {info['cores']} cores, {gpu}; python {info['python']}, torch {info['torch']}, "
           f"envpool {info['envpool']}, numba {info['numba']}, numpy {info['numpy']}", file=file)

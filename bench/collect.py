@@ -4,7 +4,12 @@ Compared, in the same run, with raw EnvPool on the same pool (random actions, no
 and with the plain single-env baseline (fp32 forward per step, obs and next_obs stored).
 
     python bench/collect.py
-    fastdqn bench collect --num-envs 32 --batch-size 16 --seconds 10
+    fastdqn bench collect --num-envs 96 --batch-size 32 --seconds 10
+
+Defaults, measured on the 2-core machine of the README: an async pool of 64 envs stepped
+32 at a time (EnvPool steps the other 32 while the forward runs) and ONE torch thread for
+the forward. Two torch threads on two cores already busy with EnvPool's threads made the
+pipeline 25 % slower (OpenMP threads wait on each other while EnvPool holds the cores).
 """
 
 from __future__ import annotations
@@ -47,18 +52,23 @@ def pipeline_sps(game: str, num_envs: int, batch_size: int, num_threads: int, se
     return calls_per_s * env.batch_size
 
 
-def run(game="Breakout-v5", num_envs=32, batch_size=16, num_threads=2, seconds=5.0, epsilon=0.0,
-        precision="bf16", capacity=100_000, baseline_steps=1500, show_progress=True) -> dict:
-    torch.set_num_threads(2)
-    progress(f"collect: raw EnvPool {num_envs}/{batch_size}", show_progress)
-    raw = raw_env_sps(game, num_envs, batch_size, num_threads, seconds)
-    progress("collect: fastdqn pipeline", show_progress)
-    fast = pipeline_sps(game, num_envs, batch_size, num_threads, seconds, epsilon, precision, capacity)
-    progress("collect: plain single-env baseline", show_progress)
+def run(game="Breakout-v5", num_envs=64, batch_size=32, num_threads=2, seconds=5.0, epsilon=0.0,
+        precision="bf16", capacity=100_000, baseline_steps=1500, show_progress=True, torch_threads=1) -> dict:
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        progress(f"collect: raw EnvPool {num_envs}/{batch_size}", show_progress)
+        raw = raw_env_sps(game, num_envs, batch_size, num_threads, seconds)
+        progress("collect: fastdqn pipeline", show_progress)
+        fast = pipeline_sps(game, num_envs, batch_size, num_threads, seconds, epsilon, precision, capacity)
+    finally:
+        torch.set_num_threads(threads_before)  # later benchmarks in `bench all` pick their own
+    progress("collect: plain single-env baseline (torch's default threads)", show_progress)
     plain = plain_loop(game, learn=False, warmup_steps=200, measure_steps=baseline_steps, epsilon=epsilon)
     return {
         "benchmark": "collect", "game": game, "machine": machine(), "num_envs": num_envs,
-        "batch_size": batch_size, "num_threads": num_threads, "epsilon": epsilon, "precision": precision,
+        "batch_size": batch_size, "num_threads": num_threads, "torch_threads": torch_threads,
+        "epsilon": epsilon, "precision": precision,
         "raw_env_steps_per_s": raw, "pipeline_steps_per_s": fast,
         "baseline_steps_per_s": plain["steps_per_s"],
         "pipeline_vs_raw_env": fast / raw, "pipeline_vs_baseline": fast / plain["steps_per_s"],
@@ -67,8 +77,9 @@ def run(game="Breakout-v5", num_envs=32, batch_size=16, num_threads=2, seconds=5
 
 def report(r: dict) -> None:
     print_machine(r["machine"])
-    table(f"Collect pipeline, {r['game']} (pool {r['num_envs']}/{r['batch_size']}, {r['num_threads']} threads, "
-          f"epsilon {r['epsilon']}: every step takes a {r['precision']} forward)",
+    table(f"Collect pipeline, {r['game']} (pool {r['num_envs']}/{r['batch_size']}, {r['num_threads']} EnvPool threads, "
+          f"{r.get('torch_threads', 2)} torch thread(s), epsilon {r['epsilon']}: every step takes a "
+          f"{r['precision']} forward)",
           ["what", "agent steps/s", "frames/s", "ratio"],
           [["raw EnvPool, random actions", r["raw_env_steps_per_s"], 4 * r["raw_env_steps_per_s"], 1.0],
            ["fastdqn: act + step + replay add", r["pipeline_steps_per_s"], 4 * r["pipeline_steps_per_s"],
@@ -81,9 +92,10 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="fastdqn bench collect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--game", default="Breakout-v5")
-    parser.add_argument("--num-envs", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=16, help="EnvPool batch (async when < num-envs)")
-    parser.add_argument("--num-threads", type=int, default=2)
+    parser.add_argument("--num-envs", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32, help="EnvPool batch (async when < num-envs)")
+    parser.add_argument("--num-threads", type=int, default=2, help="EnvPool threads")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads for the forward")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
@@ -95,7 +107,8 @@ def main(argv=None) -> dict:
                      show_progress=False)
     else:
         result = run(args.game, args.num_envs, args.batch_size, args.num_threads, args.seconds,
-                     precision=args.precision, show_progress=not args.no_progress)
+                     precision=args.precision, show_progress=not args.no_progress,
+                     torch_threads=args.torch_threads)
     report(result)
     write_json(args.json, result)
     return result

@@ -28,6 +28,8 @@ from fastdqn.learner import Learner
 from fastdqn.networks import make_q_network
 from fastdqn.replay import PrioritizedReplay, ReplaySample
 
+WARMUP_UPDATES = 20  # updates left out of learning_sps (compilation, allocator warm-up)
+
 
 class TrainingDiverged(RuntimeError):
     pass
@@ -183,7 +185,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     interrupted = []
     handler = lambda signum, frame: interrupted.append(signum)  # noqa: E731
     old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    learning_since = None  # (time, agent_steps) of this process's first update
+    # (time, agent_steps) once this process has made WARMUP_UPDATES updates: learning_sps
+    # leaves out the first ones, which pay for torch.compile / allocator warm-up.
+    learning_since = None
+    updates_at_start = counters["updates"]
     step = env.reset()
     try:
         while counters["agent_steps"] < cfg.total_steps:
@@ -204,7 +209,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                                           "charts/episodic_length": step.episode_lengths[i]})
             # 4. learn: keep `replay_ratio` sampled transitions per agent step on average
             if len(replay) >= cfg.learning_starts:
-                if learning_since is None:
+                if learning_since is None and counters["updates"] - updates_at_start >= WARMUP_UPDATES:
                     learning_since = (time.time(), agent_steps)
                 counters["credit"] += cfg.replay_ratio * len(step.env_ids) / cfg.batch_size
                 beta = cfg.per_beta0 + (1.0 - cfg.per_beta0) * min(1.0, agent_steps / cfg.total_steps)

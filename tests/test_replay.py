@@ -317,6 +317,20 @@ def test_state_dict_round_trips_through_npz_and_resumes_identically(tmp_path):
         PrioritizedReplay(capacity=60, num_envs=3, obs_shape=(2, 2), stack=3, n_step=3).load_state_dict(state)
 
 
+def test_large_arrays_come_from_huge_page_memory_and_behave_like_numpy_zeros():
+    from fastdqn.replay.buffer import _zeros
+
+    big = _zeros((1 << 20, 8), np.uint8)  # 8 MiB: the mmap path
+    assert big.shape == (1 << 20, 8) and big.dtype == np.uint8 and big.flags.writeable
+    assert big.flags.c_contiguous and not big.any()
+    big[-1] = 7
+    assert big.sum() == 56
+    inf = _zeros(1 << 20, np.float64, fill=np.inf)  # the min tree's initial value
+    assert inf.shape == (1 << 20,) and np.isposinf(inf).all()
+    small = _zeros((3, 4), np.float32, fill=2.0)
+    np.testing.assert_array_equal(small, np.full((3, 4), 2.0, np.float32))
+
+
 def test_len_and_nbytes():
     rb = PrioritizedReplay(capacity=2 * 10, num_envs=2, obs_shape=(84, 84), stack=4, n_step=3)
     envs = FakeEnvs(2, 4, (84, 84), seed=0)

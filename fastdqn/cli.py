@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("env", "collect", "replay", "learner", "train")
+BENCHMARKS = ("env", "collect", "replay", "gather", "learner", "train")
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -1,0 +1,140 @@
+"""Native frame-ring kernels (csrc/): a C++ CPU twin of the Numba gathers, and CUDA kernels
+that gather stacks from a frame ring kept in GPU memory.
+
+Each extension is compiled by ``torch.utils.cpp_extension.load`` (ninja) on first use and
+cached under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); later
+processes only load it. A machine that cannot build it (no compiler, no ninja, a build
+error) gets None from ``cpu_gather()`` / ``cuda_gather()`` and one RuntimeWarning with the
+reason: callers then keep the Numba path. The CUDA extension is only tried when
+``torch.cuda.is_available()``.
+
+The gathers read the ring layout of ``ring.py`` (frames (N, F), back (N,) uint8, lanes of
+``lane`` rows) and write into a caller-provided contiguous buffer:
+
+    gather_window(indices, frames, back, lane, stack, out)   # out (B, W, F): W window positions
+    gather_next(indices, horizon, frames, back, lane, stack, out)  # stack at indices + horizon
+    scatter_frames(frames, rows, new_frames)                 # frames[rows] = new_frames
+
+They run on the device of ``frames`` (CPU or CUDA; CUDA work is queued on the current stream)
+and accept NumPy arrays or tensors (NumPy arrays are wrapped without a copy). The CPU kernels
+check that every index is in range; the CUDA kernels do not (that would cost a host sync):
+pass them indices from the sum tree only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sysconfig
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+# An installed wheel ships the sources as fastdqn/csrc; a checkout has them in <repo>/csrc.
+_CSRC = next((d for d in (_PACKAGE / "csrc", _PACKAGE.parent / "csrc") if (d / "ring_index.h").is_file()),
+             _PACKAGE.parent / "csrc")
+
+# kind ("cpu" / "cuda") -> loaded module, or None after a failed attempt (never retried).
+_modules: dict[str, object] = {}
+
+
+def cpu_gather():
+    """The C++ CPU kernels, built on first use; None (after one warning) if they cannot be."""
+    if "cpu" not in _modules:
+        _modules["cpu"] = _load("cpu", ["gather_cpu.cpp"])
+    return _modules["cpu"]
+
+
+def cuda_gather():
+    """The CUDA kernels, built on first use; None without CUDA, or (after one warning) if
+    they cannot be built."""
+    if "cuda" not in _modules:
+        _modules["cuda"] = _load("cuda", ["gather_cuda.cu"]) if torch.cuda.is_available() else None
+    return _modules["cuda"]
+
+
+def _load(kind: str, sources: list[str]):
+    try:
+        from torch.utils import cpp_extension
+
+        reason = _missing_tool(cpp_extension)
+        if reason is None:
+            return cpp_extension.load(
+                name=f"fastdqn_gather_{kind}",
+                sources=[str(_CSRC / s) for s in sources],
+                extra_include_paths=[str(_CSRC)],
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=["-O3"],
+            )
+    except Exception as e:  # a build error, or a broken toolchain
+        reason = _failure(e)
+    warnings.warn(f"fastdqn: the native {kind} replay kernels could not be built ({reason}); "
+                  "using the Numba path", RuntimeWarning, stacklevel=3)
+    return None
+
+
+def _failure(e: Exception) -> str:
+    """One line on why a build failed: the summary and the compiler's first error, not the
+    whole ninja log (cpp_extension puts that log into the exception's message)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    summary = lines[0].split(": [", 1)[0][:300]  # "Error building extension 'name'", no log
+    error = next((line for line in lines[1:] if "error" in line.lower()), None)
+    return f"{summary}: {error[:300]}" if error else summary
+
+
+def _missing_tool(cpp_extension) -> str | None:
+    """Why the build cannot even start, or None."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler: {compiler!r} is not on PATH"
+    if not cpp_extension.is_ninja_available():
+        # `pip install ninja` puts it next to the interpreter, which is not on PATH when the
+        # venv's python is run without activating the venv.
+        scripts = sysconfig.get_path("scripts")
+        if (Path(scripts) / "ninja").is_file():
+            os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+        if not cpp_extension.is_ninja_available():
+            return "ninja is not on PATH (pip install ninja)"
+    return None
+
+
+def _tensor(x) -> torch.Tensor:
+    return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+
+
+def _module(frames: torch.Tensor):
+    module = cuda_gather() if frames.is_cuda else cpu_gather()
+    if module is None:
+        raise RuntimeError(f"the native {frames.device.type} replay kernels are not available "
+                           "(see the warning above); use the Numba kernels of fastdqn.replay.ring")
+    return module
+
+
+# The wrappers only wrap NumPy arrays and pick the module: the shapes are checked in C++
+# (frames (N, *frame_shape), out (B, W, *frame_shape)), where it costs nothing per call.
+
+def gather_window(indices, frames, back, lane: int, stack: int, out) -> None:
+    """out[i, p] = frame at position p of the window of record indices[i] (p - (stack - 1)
+    records from it, padded with the game's first frame); the twin of ``ring.gather_window``.
+    With out.shape[1] == stack + n: obs = out[:, :stack], next obs (if not cut) out[:, n:]."""
+    frames = _tensor(frames)
+    _module(frames).gather_window(_tensor(indices), frames, _tensor(back), lane, stack, _tensor(out))
+
+
+def gather_next(indices, horizon, frames, back, lane: int, stack: int, out) -> None:
+    """out[i] = stack at record indices[i] + horizon[i]; the twin of ``ring.gather_next``."""
+    frames = _tensor(frames)
+    _module(frames).gather_next(_tensor(indices), _tensor(horizon), frames, _tensor(back), lane, stack,
+                                _tensor(out))
+
+
+def scatter_frames(frames, rows, new_frames) -> None:
+    """frames[rows[i]] = new_frames[i] (rows distinct): one env step's newest frames into
+    their slots of the ring."""
+    frames = _tensor(frames)
+    _module(frames).scatter_frames(frames, _tensor(rows), _tensor(new_frames))

@@ -37,6 +37,11 @@ class TrainConfig:
     per_alpha: float = _f(0.6, "priority exponent alpha; 0 = uniform replay")
     per_beta0: float = _f(0.4, "initial importance-weight exponent beta, annealed linearly to 1 at total_steps")
     per_eps: float = _f(0.01, "priority offset: p = (|td| + eps) ** alpha")
+    replay_device: str = _f(
+        "numpy", "where the replay's frames live: numpy (host memory, Numba kernels), cuda (GPU memory: "
+        "only indices cross the bus, a CUDA kernel gathers the stacks; needs --device cuda) or cpu (torch "
+        "tensors through the C++ twin of that kernel: the cuda code path, for testing without a GPU)",
+        choices=("numpy", "cuda", "cpu"))
     # --- learner
     dueling: bool = _f(True, "dueling head Q = V + A - mean(A)")
     hidden: int = _f(512, "hidden units of the Q-network's fully connected layer(s)")
@@ -229,6 +234,9 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ValueError(f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
+    if cfg.replay_device == "cuda" and not cfg.device.startswith("cuda"):
+        raise ValueError(f"--replay-device cuda needs --device cuda (got --device {cfg.device}): the "
+                         "frames would live on the GPU while the learner runs elsewhere")
 
 
 def to_dict(cfg: TrainConfig) -> dict:

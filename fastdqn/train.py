@@ -112,6 +112,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     replay = PrioritizedReplay(
         cfg.buffer_size, env.num_envs, env.frame_shape, stack=env.stack, n_step=cfg.n_step,
         gamma=cfg.gamma, alpha=cfg.per_alpha, eps=cfg.per_eps, seed=cfg.seed, obs_dtype=env.obs_dtype,
+        frames_device=None if cfg.replay_device == "numpy" else (device if cfg.replay_device == "cuda" else "cpu"),
     )
 
     counters = {"agent_steps": 0, "updates": 0, "games": 0, "wall_seconds": 0.0, "best_eval": -math.inf,
@@ -223,7 +224,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                         out = learner.update(batch)
                         replay.update_priorities(batch.indices, _numpy(out["td_abs"]))
                     else:
-                        batches = [ReplaySample(*(a.copy() for a in replay.sample(cfg.batch_size, beta)))
+                        batches = [ReplaySample(*(a.clone() if isinstance(a, torch.Tensor) else a.copy()
+                                                  for a in replay.sample(cfg.batch_size, beta)))
                                    for _ in range(group)]
                         out = learner.update_many(batches)
                         for b, td_abs in zip(batches, _numpy(out["td_abs"])):

@@ -35,12 +35,14 @@ def run_random(cfg, steps, seed=0):
     env = make_env(cfg)
     env.env = recorder = InfoRecorder(env.env)
     rng = np.random.default_rng(seed)
-    step = env.reset()
-    yield step, recorder.info
-    for _ in range(steps):
-        step = env.step(rng.integers(0, env.num_actions, len(step.env_ids)))
+    try:
+        step = env.reset()
         yield step, recorder.info
-    env.close()
+        for _ in range(steps):
+            step = env.step(rng.integers(0, env.num_actions, len(step.env_ids)))
+            yield step, recorder.info
+    finally:  # also when the caller stops early
+        env.close()
 
 
 @pytest.mark.parametrize("batch_size", [0, 3], ids=["sync", "async"])
@@ -50,7 +52,11 @@ def test_full_game_score_is_ram_score_across_life_losses(batch_size):
     cfg = EnvConfig(env_id=game, num_envs=6, batch_size=batch_size, seed=1)
     life_losses = np.zeros(cfg.num_envs, int)
     games = []
-    for step, info in run_random(cfg, 1500):
+    # In async mode which envs come back is up to thread timing, so the number of games
+    # finished in a fixed step count varies: step until enough games end (with a cap).
+    for step, info in run_random(cfg, 8000):
+        if len(games) >= 6:
+            break
         assert set(step.env_ids) <= set(range(cfg.num_envs))
         assert len(step.env_ids) == (batch_size or cfg.num_envs)
         life_losses[step.env_ids] += step.terminated & ~step.game_over
@@ -62,7 +68,7 @@ def test_full_game_score_is_ram_score_across_life_losses(batch_size):
                  step.episode_lengths[i], info["elapsed_step"][i], life_losses[env_id])
             )
             life_losses[env_id] = 0
-    assert len(games) >= 5
+    assert len(games) >= 6
     for ret, ram_score, length, elapsed, losses in games:
         assert ret == ram_score
         assert length == elapsed

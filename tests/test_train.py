@@ -138,3 +138,27 @@ def test_atari_run_end_to_end_with_eval_gif_and_plot(tmp_path):
     scalars = read_scalars(run_dir, tags)
     assert set(scalars) == set(tags)
     assert np.all(np.isfinite(scalars["losses/td_loss"][1]))
+
+
+def test_device_resident_replay_trains_exactly_like_the_numpy_replay(tmp_path):
+    """--replay-device cpu runs the GPU code path (frames in torch tensors, gathered by the
+    native kernels, fed to the learner as tensors) on the CPU: same seeds, same run, bit for bit."""
+    from fastdqn.replay import native
+
+    if native.cpu_gather() is None:
+        pytest.skip("the native CPU kernels cannot be built here (see the warning)")
+    import torch
+
+    weights = {}
+    for replay_device in ("numpy", "cpu"):
+        run_dir = tmp_path / replay_device
+        cfg = make_config(env=dict(env_id="Breakout-v5", num_envs=4, max_episode_steps=100),
+                          run_dir=str(run_dir), total_steps=1200, buffer_size=4000, learning_starts=400,
+                          replay_ratio=2.0, eval_interval=0, final_eval=False, torch_threads=1,
+                          replay_device=replay_device)
+        summary = train(cfg, progress=False)
+        assert summary["updates"] >= 40
+        weights[replay_device] = checkpoint.load(run_dir / "checkpoint.pt")["learner"]["q_network"]
+    assert weights["numpy"].keys() == weights["cpu"].keys()
+    for name, value in weights["numpy"].items():
+        assert torch.equal(value, weights["cpu"][name]), name

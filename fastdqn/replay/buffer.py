@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import warnings
 from typing import NamedTuple
 
 import numba
@@ -26,15 +27,17 @@ class ReplaySample(NamedTuple):
     stack == 1 — the same layout ``add()`` receives. They may be strided views of one
     window buffer (see ``PrioritizedReplay.sample``). ``next_obs`` is exact wherever
     ``discounts > 0``; where the episode terminated (discount 0) its content is unspecified.
+    With ``frames_device`` set, ``obs`` / ``next_obs`` are torch tensors on that device (same
+    shapes, dtype and views); the other fields are NumPy arrays either way.
     """
 
     indices: np.ndarray  # (B,) int64, for update_priorities
     weights: np.ndarray  # (B,) float32 importance weights, max 1
-    obs: np.ndarray
+    obs: np.ndarray  # or a torch.Tensor on frames_device
     actions: np.ndarray  # (B,) int64
     returns: np.ndarray  # (B,) float32 n-step discounted reward sum
     discounts: np.ndarray  # (B,) float32: gamma^m, or 0 at a terminal
-    next_obs: np.ndarray
+    next_obs: np.ndarray  # or a torch.Tensor on frames_device
 
 
 class _Outputs:
@@ -122,6 +125,185 @@ def _zeros(shape, dtype, fill=0) -> np.ndarray:
     return array
 
 
+class _Staging:
+    """Host buffers that carry small arrays to reused device buffers.
+
+    On CUDA the host buffers are pinned and copied with ``non_blocking=True`` on the current
+    stream, so the host never waits for the work queued before the copy (the learner's); it
+    writes a host slot again only once the event recorded behind that slot's last copy has
+    passed, and ``depth`` slots take turns so that this is normally long done. The device
+    buffers are reused in stream order (every reader is queued on the same stream). On the
+    CPU there is one plain slot and the copies are synchronous: the same code, run eagerly.
+    """
+
+    def __init__(self, torch, device, specs, depth: int = 4):
+        cuda = device.type == "cuda"
+        self.device_buffers = tuple(torch.zeros(shape, dtype=dtype, device=device) for shape, dtype in specs)
+        self._slots = [tuple(torch.zeros(shape, dtype=dtype, pin_memory=cuda) for shape, dtype in specs)
+                       for _ in range(depth if cuda else 1)]
+        self._views = [tuple(t.numpy() for t in slot) for slot in self._slots]
+        self._events = [torch.cuda.Event() if cuda else None for _ in self._slots]
+        self._stream = (lambda: torch.cuda.current_stream(device)) if cuda else None
+        self._next = 0
+
+    def host(self) -> tuple:
+        """NumPy views of the next host slot, free to write (waits for its previous copy)."""
+        event = self._events[self._next]
+        if event is not None:
+            event.synchronize()  # an event never recorded passes at once
+        return self._views[self._next]
+
+    def upload(self, count=None) -> list:
+        """Queue the copy of that slot's first ``count`` rows (all with None) into the device
+        buffers; returns the device views that will hold them."""
+        sent = []
+        for src, dst in zip(self._slots[self._next], self.device_buffers):
+            if count is not None:
+                src, dst = src[:count], dst[:count]
+            dst.copy_(src, non_blocking=True)
+            sent.append(dst)
+        event = self._events[self._next]
+        if event is not None:
+            event.record(self._stream())
+        self._next = (self._next + 1) % len(self._slots)
+        return sent
+
+    @property
+    def nbytes(self) -> int:
+        tensors = self.device_buffers + tuple(t for slot in self._slots for t in slot)
+        return sum(t.element_size() * t.nelement() for t in tensors)
+
+
+def _resolve_frames_device(frames_device):
+    """(torch.device, torch module) for ``frames_device``; refuses a device without kernels."""
+    import torch
+
+    from . import native
+
+    device = torch.device(frames_device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"frames_device must be a cpu or cuda device (or None), got {frames_device!r}")
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())  # pin it: kernels check devices
+    kernels = native.cuda_gather() if device.type == "cuda" else native.cpu_gather()
+    if kernels is None:
+        reason = native.unavailable_reason(device.type) or "see the RuntimeWarning above"
+        raise RuntimeError(
+            f"frames_device={str(device)!r} needs the native {device.type} replay kernels"
+            f" (fastdqn.replay.native), which are not available: {reason}. Keep frames_device=None"
+            " (the NumPy / Numba frame ring) on this machine")
+    return device, torch
+
+
+class _DeviceRing:
+    """The frames (N, F) and a mirror of ``back`` (N,) uint8 as torch tensors on ``device``
+    (``PrioritizedReplay(frames_device=...)``). ``native`` picks the kernels by the device
+    of the frames: the CUDA kernels for a CUDA device, their C++ CPU twin for the CPU."""
+
+    def __init__(self, torch, device, num_slots: int, frame_size: int, dtype, num_envs: int):
+        from . import native
+
+        self.torch, self.native, self.device = torch, native, device
+        try:
+            self.dtype = torch.from_numpy(np.empty(0, dtype)).dtype
+        except TypeError as e:
+            raise TypeError(f"obs_dtype {np.dtype(dtype)} has no torch dtype: {e}") from None
+        if device.type == "cpu":  # huge pages, as the host ring (zeroed like torch.zeros)
+            self.frames = torch.from_numpy(_zeros((num_slots, frame_size), dtype))
+        else:
+            self.frames = torch.zeros((num_slots, frame_size), dtype=self.dtype, device=device)
+        self.back = torch.zeros(num_slots, dtype=torch.uint8, device=device)
+        # add(): the rows written, their back values and new frames, for up to num_envs envs.
+        self.add_staging = _Staging(torch, device, [((num_envs,), torch.int64), ((num_envs,), torch.uint8),
+                                                    ((num_envs, frame_size), self.dtype)])
+
+    def store(self, rows, back, newest) -> None:
+        """frames[rows] = newest (B, F) and back[rows] = back, on the device."""
+        count = rows.shape[0]
+        rows_h, back_h, frames_h = self.add_staging.host()
+        rows_h[:count] = rows
+        back_h[:count] = back
+        frames_h[:count] = newest
+        rows_d, back_d, frames_d = self.add_staging.upload(count)
+        self.native.scatter_frames(self.frames, rows_d, frames_d)
+        self.back.index_copy_(0, rows_d, back_d)
+
+    def gather(self, out: "_DeviceOutputs", early: bool, lane: int, stack: int) -> ReplaySample:
+        """obs / next_obs of the batch in out.indices (targets already in out): the device
+        twin of the tail of PrioritizedReplay.sample's host path, branch for branch."""
+        (host,) = out.staging.host()
+        host[0] = out.indices
+        host[1] = out.horizon
+        (sent,) = out.staging.upload()
+        indices, horizon = sent[0], sent[1]
+        self.native.gather_window(indices, self.frames, self.back, lane, stack, out.window)
+        if out.windowed and not early:
+            return out.window_sample
+        # obs is in out.window[:, :stack]; the next stacks go to their own buffer.
+        self.native.gather_next(indices, horizon, self.frames, self.back, lane, stack, out.next_window)
+        return out.split
+
+    def stacks(self, indices, stack: int, lane: int) -> np.ndarray:
+        """(B, stack, F) host array of the stacks at (already checked) records ``indices``."""
+        out = self.torch.empty((indices.shape[0], stack, self.frames.shape[1]), dtype=self.dtype,
+                               device=self.device)
+        self.native.gather_window(self.torch.from_numpy(indices).to(self.device), self.frames, self.back,
+                                  lane, stack, out)
+        return out.cpu().numpy()
+
+    def load(self, frames: np.ndarray, back: np.ndarray) -> None:
+        with warnings.catch_warnings():  # a read-only state array (np.load mmap_mode="r") is only read
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+            self.frames.copy_(self.torch.from_numpy(frames))
+            self.back.copy_(self.torch.from_numpy(back))
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.frames, self.back)
+        return sum(t.element_size() * t.nelement() for t in tensors) + self.add_staging.nbytes
+
+
+class _DeviceOutputs:
+    """The _Outputs of a device ring: the targets in preallocated host arrays (as _Outputs),
+    obs / next_obs in preallocated tensors on the device, the indices (and horizons) sent
+    there through a _Staging."""
+
+    def __init__(self, ring_d: _DeviceRing, batch: int, stack: int, n_step: int, frame_shape,
+                 use_window=True):
+        torch = ring_d.torch
+        self.windowed = use_window and n_step < stack
+        width = stack + n_step if self.windowed else stack
+        self.uniforms = np.empty(batch, np.float64)
+        self.indices = np.empty(batch, np.int64)
+        self.weights = np.empty(batch, np.float32)
+        self.actions = np.empty(batch, np.int64)
+        self.returns = np.empty(batch, np.float32)
+        self.discounts = np.empty(batch, np.float32)
+        self.horizon = np.empty(batch, np.int64)
+        device, dtype = ring_d.device, ring_d.dtype
+        self.window = torch.zeros((batch, width, *frame_shape), dtype=dtype, device=device)
+        self.next_window = torch.zeros((batch, stack, *frame_shape), dtype=dtype, device=device)
+        self.staging = _Staging(torch, device, [((2, batch), torch.int64)])  # indices, horizon
+
+        def shaped(a, start):
+            v = a[:, start : start + stack]
+            return v[:, 0] if stack == 1 else v
+
+        head = (self.indices, self.weights)
+        tail = (self.actions, self.returns, self.discounts)
+        obs = shaped(self.window, 0)
+        self.split = ReplaySample(*head, obs, *tail, shaped(self.next_window, 0))
+        self.window_sample = (
+            ReplaySample(*head, obs, *tail, shaped(self.window, n_step)) if self.windowed else None
+        )
+
+    @property
+    def nbytes(self) -> int:
+        host = sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
+        device = sum(t.element_size() * t.nelement() for t in (self.window, self.next_window))
+        return host + device + self.staging.nbytes
+
+
 def _storage_bytes(num_slots: int, frame_size: int, itemsize: int, num_envs: int) -> int:
     per_slot = frame_size * itemsize + 4 + 4 + 1 + 1  # frame, action, reward, flags, back
     trees = 2 * 2 * segment_tree.tree_size(num_slots) * 8
@@ -143,6 +325,19 @@ class PrioritizedReplay:
         eps: added to |td| before the exponent (> 0, keeps every transition sampleable).
         seed: seed of the sampling RNG (its state is part of ``state_dict``).
         obs_dtype: dtype of the observations (uint8 for Atari, float32 for CartPole).
+        frames_device: None (default) keeps the frames in host memory, written and gathered
+            by the Numba kernels of ``ring.py``. A torch device (or its name: "cuda",
+            "cuda:1", "cpu") keeps them, and a mirror of ``back``, in torch tensors on that
+            device instead: ``add()`` sends each env step's newest frames there
+            (``native.scatter_frames``) and ``sample()`` sends only the sampled indices and
+            gathers the stacks there (``native.gather_window`` / ``gather_next``), returning
+            ``obs`` / ``next_obs`` as tensors on the device. Every other array (actions,
+            rewards, flags, back, the trees) stays in host memory, and the sampled indices and
+            targets are the same, bit for bit, as with None. A CUDA device runs the CUDA
+            kernels (work queued on the current stream: call add / sample on one stream); "cpu"
+            runs the same code through their C++ twin (how it is tested without a GPU). Needs
+            the native kernels: without them (no compiler, no CUDA) the constructor raises
+            RuntimeError.
 
     Not thread-safe: call add / sample / update_priorities from one thread at a time. The
     kernels are single-threaded on purpose: a parallel (prange) gather only helps while the
@@ -156,7 +351,7 @@ class PrioritizedReplay:
 
     def __init__(self, capacity: int, num_envs: int, obs_shape, stack: int = 4, n_step: int = 3,
                  gamma: float = 0.99, alpha: float = 0.6, eps: float = 0.01, seed: int = 0,
-                 obs_dtype=np.uint8):
+                 obs_dtype=np.uint8, frames_device=None):
         self.frame_shape = tuple(int(s) for s in obs_shape)
         self.obs_dtype = np.dtype(obs_dtype)
         self.capacity = int(capacity)
@@ -188,7 +383,24 @@ class PrioritizedReplay:
         self.lane = self.capacity // self.num_envs
         num_slots = self.lane * self.num_envs
         frame_size = math.prod(self.frame_shape)
-        needed = _storage_bytes(num_slots, frame_size, self.obs_dtype.itemsize, self.num_envs)
+        self.frames_device = None
+        self._ring_d: _DeviceRing | None = None
+        if frames_device is None:
+            needed = _storage_bytes(num_slots, frame_size, self.obs_dtype.itemsize, self.num_envs)
+        else:
+            self.frames_device, torch = _resolve_frames_device(frames_device)
+            on_device = num_slots * (frame_size * self.obs_dtype.itemsize + 1)  # frames, back mirror
+            needed = _storage_bytes(num_slots, 0, self.obs_dtype.itemsize, self.num_envs)
+            if self.frames_device.type == "cuda":
+                free = torch.cuda.mem_get_info(self.frames_device)[0]
+                if on_device > free:
+                    raise ValueError(
+                        f"replay capacity {capacity} of {self.frame_shape} {self.obs_dtype} frames needs"
+                        f" {on_device:,} bytes ({on_device / 2**30:.2f} GiB) on {self.frames_device} but"
+                        f" only {free:,} bytes ({free / 2**30:.2f} GiB) of its memory are free; lower the"
+                        " capacity")
+            else:
+                needed += on_device
         available = psutil.virtual_memory().available
         if needed > available:
             raise ValueError(
@@ -196,7 +408,16 @@ class PrioritizedReplay:
                 f" {needed:,} bytes ({needed / 2**30:.2f} GiB) but only {available:,} bytes"
                 f" ({available / 2**30:.2f} GiB) of memory are available; lower the capacity")
 
-        self._frames = _zeros((num_slots, frame_size), self.obs_dtype)
+        if frames_device is None:
+            self._frames = _zeros((num_slots, frame_size), self.obs_dtype)
+        else:
+            # The frames live on the device. add_records gets this zero-width stand-in: it
+            # derives lane from frames.shape[0] (so N rows it must have) and copies
+            # frames.shape[1] = 0 bytes per record; everything else it writes is host metadata.
+            # (Same Numba type, 2-D C-contiguous, as the host ring: no second compilation.)
+            self._frames = np.empty((num_slots, 0), self.obs_dtype)
+            self._ring_d = _DeviceRing(torch, self.frames_device, num_slots, frame_size, self.obs_dtype,
+                                       self.num_envs)
         self._actions = np.zeros(num_slots, np.int32)
         self._rewards = np.zeros(num_slots, np.float32)
         self._flags = np.zeros(num_slots, np.uint8)
@@ -255,8 +476,14 @@ class PrioritizedReplay:
         new_game = self._vector("new_game", new_game, batch, "b", np.bool_)
         if batch == 0:
             return
+        flat = obs.reshape(batch, self.stack, -1)
+        if self._ring_d is not None:
+            # The rows add_records is about to write (record written[e] of env e sits in slot
+            # written[e] % lane); "clip" only keeps a bad env id (refused below) from raising
+            # IndexError first.
+            rows = env_ids * self.lane + np.take(self._written, env_ids, mode="clip") % self.lane
         count = ring.add_records(
-            obs.reshape(batch, self.stack, -1),
+            flat,
             env_ids, actions, rewards, terminated, truncated, reset_step, new_game,
             self._frames, self._actions, self._rewards, self._flags, self._back, self._written,
             self.stack, self.n_step, self.max_priority, self._change_idx, self._change_val,
@@ -264,6 +491,8 @@ class PrioritizedReplay:
         if count < 0:
             self._raise_add_error(count, env_ids, reset_step, new_game)
         segment_tree.update(self._sum, self._min, self._change_idx, self._change_val, count)
+        if self._ring_d is not None:
+            self._ring_d.store(rows, self._back[rows], flat[:, -1])
 
     @staticmethod
     def _vector(name, x, batch, kinds, dtype):
@@ -311,13 +540,24 @@ class PrioritizedReplay:
         separate buffer instead, so every bootstrapped ``next_obs`` is exact. With a 27k-step
         time limit that is under 2 % of batch-256 draws (fewer unless every episode reaches
         the limit), each costing one extra stack copy per sample.
+
+        With ``frames_device`` set, the same indices and targets are computed on the host,
+        the indices are sent to the device, and ``obs`` / ``next_obs`` are gathered there, by
+        the same rule, into preallocated tensors (also overwritten by the next call; on CUDA
+        the gathers are queued on the current stream, so a consumer on that stream needs no
+        synchronization).
         """
         out = self._outputs.get(batch_size)
         if out is None:
             if int(batch_size) != batch_size or batch_size < 1:
                 raise ValueError(f"batch_size must be a positive int, got {batch_size}")
-            out = self._outputs[batch_size] = _Outputs(
-                batch_size, self.stack, self.n_step, self.frame_shape, self.obs_dtype, self._use_window)
+            if self._ring_d is None:
+                out = _Outputs(batch_size, self.stack, self.n_step, self.frame_shape, self.obs_dtype,
+                               self._use_window)
+            else:
+                out = _DeviceOutputs(self._ring_d, batch_size, self.stack, self.n_step, self.frame_shape,
+                                     self._use_window)
+            self._outputs[batch_size] = out
         if not self._sum[1] > 0.0:
             raise ValueError(
                 "nothing to sample yet: a record becomes sampleable once n_step more records of"
@@ -328,6 +568,12 @@ class PrioritizedReplay:
         segment_tree.find_stratified(self._sum, out.uniforms, out.indices)
         common = (out.indices, self._leaves, self._min[1], float(beta))
         targets = (out.weights, out.actions, out.returns, out.discounts, out.horizon)
+        if self._ring_d is not None:
+            # The same targets as targets_and_window computes (both run _targets), then the
+            # same window / next-stack logic as below, on the device.
+            early = ring.nstep_targets(*common, self._actions, self._rewards, self._flags, self.lane,
+                                       self.n_step, self.gamma, *targets)
+            return self._ring_d.gather(out, early, self.lane, self.stack)
         if out.windowed:
             early = ring.targets_and_window(*common, self._frames, self._back, self._actions, self._rewards,
                                             self._flags, self.lane, self.stack, self.n_step, self.gamma,
@@ -369,11 +615,20 @@ class PrioritizedReplay:
     def stacked_obs(self, indices) -> np.ndarray:
         """The stacked observation of stored records (a new array, for tests and debugging).
 
-        Works for any stored record whose stack is still intact, sampleable or not.
+        Works for any stored record whose stack is still intact, sampleable or not. A NumPy
+        array with ``frames_device`` too (gathered there, then copied to the host).
         """
         indices = np.ascontiguousarray(indices, np.int64).reshape(-1)
-        out = np.empty((indices.shape[0], self.stack, math.prod(self.frame_shape)), self.obs_dtype)
-        bad = ring.gather_stacks(indices, self._frames, self._back, self._written, self.stack, out)
+        if self._ring_d is not None:
+            # The host check of gather_stacks on the metadata alone: with the zero-width
+            # stand-in for the frames it validates every index and copies nothing.
+            bad = ring.gather_stacks(indices, self._frames, self._back, self._written, self.stack,
+                                     np.empty((indices.shape[0], self.stack, 0), self.obs_dtype))
+            if bad < 0:
+                out = self._ring_d.stacks(indices, self.stack, self.lane)
+        else:
+            out = np.empty((indices.shape[0], self.stack, math.prod(self.frame_shape)), self.obs_dtype)
+            bad = ring.gather_stacks(indices, self._frames, self._back, self._written, self.stack, out)
         if bad >= 0:
             raise IndexError(f"record {indices[bad]} is not stored or its stack was overwritten")
         out = out.reshape(indices.shape[0], self.stack, *self.frame_shape)
@@ -393,10 +648,12 @@ class PrioritizedReplay:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of every array the buffer holds, sample output buffers included."""
+        """Bytes of every array the buffer holds, sample output buffers included (and, with
+        ``frames_device``, the tensors on the device and their staging buffers)."""
         arrays = (self._frames, self._actions, self._rewards, self._flags, self._back, self._written,
                   self._sum, self._min, self._change_idx, self._change_val, self._td_priorities)
-        return sum(a.nbytes for a in arrays) + sum(o.nbytes for o in self._outputs.values())
+        device = self._ring_d.nbytes if self._ring_d is not None else 0
+        return sum(a.nbytes for a in arrays) + device + sum(o.nbytes for o in self._outputs.values())
 
     def _config(self) -> dict:
         return {
@@ -414,7 +671,9 @@ class PrioritizedReplay:
     def state_dict(self) -> dict:
         """Everything needed to resume, as NumPy arrays and scalars only (no pickled objects;
         ``np.savez`` / ``np.load(allow_pickle=False)`` round-trip it). The big arrays are the
-        buffer's own (not copies): save them before adding again."""
+        buffer's own (not copies): save them before adding again. With ``frames_device``,
+        ``frames`` is copied to host memory (a view of the tensor's memory on the CPU); the
+        format is the same either way, so a state loads into a buffer of either kind."""
         rng = self._rng.bit_generator.state
         mask = (1 << 64) - 1
         rng_words = [rng["state"]["state"] >> 64, rng["state"]["state"] & mask,
@@ -422,7 +681,7 @@ class PrioritizedReplay:
                      rng["has_uint32"], rng["uinteger"]]
         return {
             **self._config(),
-            "frames": self._frames,
+            "frames": self._frames if self._ring_d is None else self._ring_d.frames.cpu().numpy(),
             "actions": self._actions,
             "rewards": self._rewards,
             "flags": self._flags,
@@ -443,13 +702,25 @@ class PrioritizedReplay:
                 mismatched.append(f"{key}: saved {np.asarray(state[key]).tolist()} != {value.tolist()}")
         if mismatched:
             raise ValueError("replay state does not match this buffer: " + "; ".join(mismatched))
-        for key, target in (("frames", self._frames), ("actions", self._actions),
-                            ("rewards", self._rewards), ("flags", self._flags), ("back", self._back),
-                            ("written", self._written), ("priorities", self._leaves)):
+        targets = [("actions", self._actions), ("rewards", self._rewards), ("flags", self._flags),
+                   ("back", self._back), ("written", self._written), ("priorities", self._leaves)]
+        if self._ring_d is None:
+            targets.insert(0, ("frames", self._frames))
+        else:  # checked like the others, then copied straight to the device
+            frames = np.asarray(state["frames"])
+            expected = (self._back.shape[0], math.prod(self.frame_shape))
+            if frames.shape != expected:
+                raise ValueError(f"state 'frames' has shape {frames.shape}, expected {expected}")
+            if not np.can_cast(frames.dtype, self.obs_dtype, "same_kind"):
+                raise TypeError(f"state 'frames' has dtype {frames.dtype}, which cannot be cast to"
+                                f" {self.obs_dtype} under the 'same_kind' rule")
+        for key, target in targets:
             source = np.asarray(state[key])
             if source.shape != target.shape:
                 raise ValueError(f"state {key!r} has shape {source.shape}, expected {target.shape}")
             np.copyto(target, source, casting="same_kind")
+        if self._ring_d is not None:
+            self._ring_d.load(np.ascontiguousarray(frames, self.obs_dtype), self._back)
         segment_tree.rebuild(self._sum, self._min)
         self.max_priority = float(state["max_priority"])
         words = [int(w) for w in np.asarray(state["rng_state"], np.uint64)]

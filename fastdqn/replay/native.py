@@ -39,6 +39,8 @@ _CSRC = next((d for d in (_PACKAGE / "csrc", _PACKAGE.parent / "csrc") if (d / "
 
 # kind ("cpu" / "cuda") -> loaded module, or None after a failed attempt (never retried).
 _modules: dict[str, object] = {}
+# kind -> why its module is None (the reason the warning gave), for later error messages.
+_reasons: dict[str, str] = {}
 
 
 def cpu_gather():
@@ -52,8 +54,18 @@ def cuda_gather():
     """The CUDA kernels, built on first use; None without CUDA, or (after one warning) if
     they cannot be built."""
     if "cuda" not in _modules:
-        _modules["cuda"] = _load("cuda", ["gather_cuda.cu"]) if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            _modules["cuda"] = _load("cuda", ["gather_cuda.cu"])
+        else:
+            _modules["cuda"] = None
+            _reasons["cuda"] = "torch.cuda.is_available() is False"
     return _modules["cuda"]
+
+
+def unavailable_reason(kind: str) -> str | None:
+    """Why ``cpu_gather()`` / ``cuda_gather()`` (kind "cpu" / "cuda") returned None, or None
+    if it was not tried yet or did not fail."""
+    return _reasons.get(kind) if _modules.get(kind, True) is None else None
 
 
 def _load(kind: str, sources: list[str]):
@@ -71,6 +83,7 @@ def _load(kind: str, sources: list[str]):
             )
     except Exception as e:  # a build error, or a broken toolchain
         reason = _failure(e)
+    _reasons[kind] = reason
     warnings.warn(f"fastdqn: the native {kind} replay kernels could not be built ({reason}); "
                   "using the Numba path", RuntimeWarning, stacklevel=3)
     return None

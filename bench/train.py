@@ -5,65 +5,98 @@ sampled transitions per agent step: batch 32 every 4 agent steps), timed over a 
 of agent steps after the warm-up. fastdqn runs its real `train()` loop (EnvPool pool,
 prioritized n-step replay, the precision asked for); the baseline is fp32 eager, one env.
 
+The two are timed in interleaved rounds (fastdqn, baseline, fastdqn, baseline, ...), each a
+fresh run with its own warm-up, so that the machine's drift (this 2-core VM's update time
+moves by a quarter within minutes) reaches both alike; the headline figures are the medians
+over the rounds and their ratio, and every round is kept in the JSON.
+
     python bench/train.py
-    fastdqn bench train --measure-steps 20000 --precision fp32
+    fastdqn bench train --rounds 5 --measure-steps 4000 --precision fp32
+    fastdqn bench train --replay-device cuda      # frames on the GPU (needs --device cuda)
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 
 import torch
 
 from fastdqn.bench.baselines import plain_loop
-from fastdqn.bench.common import machine, print_machine, progress, table, write_json
+from fastdqn.bench.common import OtherLoad, machine, print_machine, progress, table, write_json
 from fastdqn.config import make_config
 from fastdqn.train import train
 
 
 def fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size, precision, warmup_steps,
-                measure_steps, buffer_size) -> dict:
+                measure_steps, buffer_size, replay_device="numpy") -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = make_config(
             env=dict(env_id=game, num_envs=num_envs, batch_size=env_batch, num_threads=num_threads),
             run_dir=run_dir, total_steps=warmup_steps + measure_steps, learning_starts=warmup_steps,
             buffer_size=buffer_size, replay_ratio=replay_ratio, batch_size=batch_size, precision=precision,
-            eval_interval=0, final_eval=False, checkpoint_interval=0, log_interval=10**9,
+            replay_device=replay_device, eval_interval=0, final_eval=False, checkpoint_interval=0,
+            log_interval=10**9,
         )
         summary = train(cfg, progress=False)
     return {"steps_per_s": summary["learning_sps"], "updates": summary["updates"]}
 
 
 def run(game="Breakout-v5", num_envs=16, env_batch=0, num_threads=2, replay_ratio=8.0, batch_size=32,
-        precision="bf16", warmup_steps=2_000, measure_steps=6_000, baseline_steps=1_500, buffer_size=100_000,
-        show_progress=True) -> dict:
+        precision="bf16", warmup_steps=2_000, measure_steps=2_000, baseline_steps=500, buffer_size=100_000,
+        rounds=3, replay_device="numpy", show_progress=True) -> dict:
+    """``measure_steps`` / ``baseline_steps`` are per round."""
     torch.set_num_threads(2)
-    progress(f"train: fastdqn {precision}, {num_envs} envs, replay ratio {replay_ratio}", show_progress)
-    fast = fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size, precision,
-                       warmup_steps, measure_steps, buffer_size)
-    progress("train: plain single-env fp32 baseline", show_progress)
     train_every = max(1, round(batch_size / replay_ratio))
-    plain = plain_loop(game, learn=True, warmup_steps=max(batch_size, 200), measure_steps=baseline_steps,
-                       train_every=train_every, batch_size=batch_size)
+    per_round = []
+    for r in range(1, rounds + 1):
+        progress(f"train: round {r}/{rounds}: fastdqn {precision}, {num_envs} envs, replay ratio {replay_ratio:g}",
+                 show_progress)
+        load = OtherLoad()
+        fast = fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size, precision,
+                           warmup_steps, measure_steps, buffer_size, replay_device)
+        fast_load = load.cores()
+        progress(f"train: round {r}/{rounds}: plain single-env fp32 baseline", show_progress)
+        load = OtherLoad()
+        plain = plain_loop(game, learn=True, warmup_steps=max(batch_size, 200), measure_steps=baseline_steps,
+                           train_every=train_every, batch_size=batch_size)
+        per_round.append({"fastdqn_steps_per_s": fast["steps_per_s"], "baseline_steps_per_s": plain["steps_per_s"],
+                          "speedup": fast["steps_per_s"] / plain["steps_per_s"],
+                          "cores_busy_elsewhere": [fast_load, load.cores()]})
+        progress(f"train: round {r}/{rounds}: {fast['steps_per_s']:.1f} vs {plain['steps_per_s']:.1f} agent steps/s",
+                 show_progress)
+    fast_sps = statistics.median(x["fastdqn_steps_per_s"] for x in per_round)
+    plain_sps = statistics.median(x["baseline_steps_per_s"] for x in per_round)
     return {
         "benchmark": "train", "game": game, "machine": machine(), "replay_ratio": replay_ratio,
         "batch_size": batch_size, "precision": precision, "num_envs": num_envs, "env_batch": env_batch or num_envs,
-        "measure_steps": measure_steps, "fastdqn_steps_per_s": fast["steps_per_s"],
-        "baseline_steps_per_s": plain["steps_per_s"], "baseline_replay_ratio": batch_size / train_every,
-        "speedup": fast["steps_per_s"] / plain["steps_per_s"],
+        "replay_device": replay_device, "rounds": rounds, "measure_steps": measure_steps,
+        "baseline_steps": baseline_steps, "fastdqn_steps_per_s": fast_sps, "baseline_steps_per_s": plain_sps,
+        "baseline_replay_ratio": batch_size / train_every, "speedup": fast_sps / plain_sps,
+        "speedup_range": [min(x["speedup"] for x in per_round), max(x["speedup"] for x in per_round)],
+        "per_round": per_round,
     }
 
 
 def report(r: dict) -> None:
     print_machine(r["machine"])
+
+    def spread(key):
+        values = [x[key] for x in r["per_round"]]
+        return f"{min(values):.1f}-{max(values):.1f}"
+
+    replay = "" if r["replay_device"] == "numpy" else f", frames on {r['replay_device']}"
     table(f"Training throughput while learning, {r['game']}, replay ratio {r['replay_ratio']:g} "
-          f"(batch {r['batch_size']}), {r['measure_steps']:,} steps after warm-up",
-          ["what", "agent steps/s", "frames/s", "x baseline"],
-          [[f"fastdqn ({r['num_envs']} envs, PER n-step, {r['precision']})", r["fastdqn_steps_per_s"],
-            4 * r["fastdqn_steps_per_s"], r["speedup"]],
+          f"(batch {r['batch_size']}); medians of {r['rounds']} interleaved rounds of {r['measure_steps']:,} "
+          f"(fastdqn) and {r['baseline_steps']:,} (baseline) steps after warm-up",
+          ["what", "agent steps/s", "rounds", "frames/s", "x baseline"],
+          [[f"fastdqn ({r['num_envs']} envs, PER n-step, {r['precision']}{replay})", r["fastdqn_steps_per_s"],
+            spread("fastdqn_steps_per_s"), 4 * r["fastdqn_steps_per_s"], r["speedup"]],
            ["plain baseline (1 env, uniform, fp32 eager)", r["baseline_steps_per_s"],
-            4 * r["baseline_steps_per_s"], 1.0]])
+            spread("baseline_steps_per_s"), 4 * r["baseline_steps_per_s"], 1.0]])
+    low, high = r["speedup_range"]
+    print(f"ratio within each round: {low:.2f}-{high:.2f}")
 
 
 def main(argv=None) -> dict:
@@ -77,18 +110,23 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--warmup-steps", type=int, default=2_000)
-    parser.add_argument("--measure-steps", type=int, default=6_000)
-    parser.add_argument("--baseline-steps", type=int, default=1_500)
+    parser.add_argument("--measure-steps", type=int, default=2_000, help="fastdqn agent steps timed per round")
+    parser.add_argument("--baseline-steps", type=int, default=500, help="baseline agent steps timed per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (fastdqn, baseline, ...)")
+    parser.add_argument("--replay-device", default="numpy", choices=("numpy", "cuda", "cpu"),
+                        help="where the replay's frames live (see fastdqn train --help)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
-        result = run(args.game, 4, 0, 1, args.replay_ratio, 8, args.precision, 200, 200, 60, 2_000, False)
+        result = run(args.game, 4, 0, 1, args.replay_ratio, 8, args.precision, 200, 200, 60, 2_000,
+                     rounds=1, replay_device=args.replay_device, show_progress=False)
     else:
         result = run(args.game, args.num_envs, args.env_batch, args.num_threads, args.replay_ratio,
                      args.batch_size, args.precision, args.warmup_steps, args.measure_steps,
-                     args.baseline_steps, show_progress=not args.no_progress)
+                     args.baseline_steps, rounds=args.rounds, replay_device=args.replay_device,
+                     show_progress=not args.no_progress)
     report(result)
     write_json(args.json, result)
     return result

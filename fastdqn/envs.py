@@ -176,15 +176,21 @@ class VecEnv:
     def reset(self) -> EnvStep:
         self.tracker = EpisodeTracker(self.num_envs)
         self.env.async_reset()
-        return self._receive()
+        return self.recv()
 
     def step(self, actions: np.ndarray) -> EnvStep:
+        self.send(actions)
+        return self.recv()
+
+    def send(self, actions: np.ndarray) -> None:
+        """The first half of ``step``: hand the actions to EnvPool's threads and return at
+        once, so that the caller can work while the envs step; ``recv()`` collects them."""
         if self._env_ids is None:
             raise RuntimeError("call reset() before step()")
         self.env.send(np.asarray(actions), self._env_ids)
-        return self._receive()
 
-    def _receive(self) -> EnvStep:
+    def recv(self) -> EnvStep:
+        """The second half of ``step`` (and of ``reset``): wait for the next batch of envs."""
         obs, reward, terminated, truncated, info = self.env.recv()
         env_ids = np.asarray(info["env_id"], np.int32)
         terminated = np.asarray(terminated, bool)

@@ -198,21 +198,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             # 1. store what EnvPool returned (the action stored is the one that led to this obs)
             replay.add(step.obs, last_action[step.env_ids], step.reward, step.terminated, step.truncated,
                        step.reset_step, step.new_game, step.env_ids)
-            # 2. act on the whole batch with one forward, 3. step the envs
+            # 2. act on the whole batch with one forward, 3. send the actions: EnvPool's
+            # threads step the envs while this thread learns (4.), and recv() collects them.
+            # The learner sees the same replay as it would after recv (the new obs are only
+            # added at the top of the next iteration), and EnvPool answers every send with
+            # exactly as many envs as it was sent, so the step count is known already.
             actions = select_actions(q_network, step.obs, epsilon, env.num_actions, rng, device, cfg.precision)
             last_action[step.env_ids] = actions
-            step = env.step(actions)
-            counters["agent_steps"] = agent_steps = agent_steps + len(step.env_ids)
-            for i in np.flatnonzero(step.game_over):
-                counters["games"] += 1
-                recent_returns.append(step.episode_returns[i])
-                log.scalars(agent_steps, {"charts/episodic_return": step.episode_returns[i],
-                                          "charts/episodic_length": step.episode_lengths[i]})
+            env.send(actions)
+            counters["agent_steps"] = agent_steps = agent_steps + len(actions)
             # 4. learn: keep `replay_ratio` sampled transitions per agent step on average
             if len(replay) >= cfg.learning_starts:
                 if learning_since is None and counters["updates"] - updates_at_start >= WARMUP_UPDATES:
                     learning_since = (time.time(), agent_steps)
-                counters["credit"] += cfg.replay_ratio * len(step.env_ids) / cfg.batch_size
+                counters["credit"] += cfg.replay_ratio * len(actions) / cfg.batch_size
                 beta = cfg.per_beta0 + (1.0 - cfg.per_beta0) * min(1.0, agent_steps / cfg.total_steps)
                 # On a GPU K = updates_per_graph batches are sampled ahead and run as one CUDA
                 # graph; sample() reuses its output arrays, so each batch is copied first.
@@ -235,6 +234,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     interval["q"] = interval["q"] + out["mean_q"].detach().float().sum().cpu()
                     interval["td"] = interval["td"] + out["td_abs"].detach().float().mean(-1).sum().cpu()
                     interval["n"] += group
+            step = env.recv()
+            for i in np.flatnonzero(step.game_over):
+                counters["games"] += 1
+                recent_returns.append(step.episode_returns[i])
+                log.scalars(agent_steps, {"charts/episodic_return": step.episode_returns[i],
+                                          "charts/episodic_length": step.episode_lengths[i]})
             bar.update(len(step.env_ids))
 
             if agent_steps >= counters["next_log"]:

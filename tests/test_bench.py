@@ -30,6 +30,9 @@ def test_train_bench_runs_both_loops_at_the_same_replay_ratio(capsys):
     result = train.main(["--quick", "--replay-ratio", "8"])
     assert result["fastdqn_steps_per_s"] > 0 and result["baseline_steps_per_s"] > 0
     assert result["baseline_replay_ratio"] == result["replay_ratio"] == 8
+    (only_round,) = result["per_round"]  # --quick: one round, so the medians are that round
+    assert result["speedup"] == only_round["fastdqn_steps_per_s"] / only_round["baseline_steps_per_s"]
+    assert result["speedup_range"] == [only_round["speedup"]] * 2
     assert "plain baseline" in capsys.readouterr().out
 
 

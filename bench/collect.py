@@ -4,17 +4,20 @@ Compared, in the same run, with raw EnvPool on the same pool (random actions, no
 and with the plain single-env baseline (fp32 forward per step, obs and next_obs stored).
 
     python bench/collect.py
-    fastdqn bench collect --num-envs 96 --batch-size 32 --seconds 10
+    fastdqn bench collect --num-envs 64 --batch-size 32 --seconds 10 --rounds 5
 
-Defaults, measured on the 2-core machine of the README: an async pool of 64 envs stepped
-32 at a time (EnvPool steps the other 32 while the forward runs) and ONE torch thread for
-the forward. Two torch threads on two cores already busy with EnvPool's threads made the
-pipeline 25 % slower (OpenMP threads wait on each other while EnvPool holds the cores).
+Defaults, measured on the 2-core machine of the README: an async pool of 96 envs stepped
+32 at a time (EnvPool steps the others while the forward runs) and ONE torch thread for
+the forward. A sweep there (medians of 3 rounds each, one after the other) gave 2,118
+agent steps/s for 64/32, 2,519 for 96/32, 2,456 for 128/32. Two torch threads on two cores
+already busy with EnvPool's threads made the pipeline 25 % slower (OpenMP threads wait on
+each other while EnvPool holds the cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import numpy as np
 import torch
@@ -52,26 +55,38 @@ def pipeline_sps(game: str, num_envs: int, batch_size: int, num_threads: int, se
     return calls_per_s * env.batch_size
 
 
-def run(game="Breakout-v5", num_envs=64, batch_size=32, num_threads=2, seconds=5.0, epsilon=0.0,
-        precision="bf16", capacity=100_000, baseline_steps=1500, show_progress=True, torch_threads=1) -> dict:
+def run(game="Breakout-v5", num_envs=96, batch_size=32, num_threads=2, seconds=5.0, epsilon=0.0,
+        precision="bf16", capacity=100_000, baseline_steps=1500, show_progress=True, torch_threads=1,
+        rounds=3) -> dict:
+    """Raw EnvPool and the pipeline are timed in interleaved rounds (raw, pipeline, raw, ...),
+    ``seconds`` each, so that the machine's drift reaches both alike; the headline figures
+    are the medians over the rounds, and the ratio is theirs."""
     threads_before = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
+    per_round = []
     try:
-        progress(f"collect: raw EnvPool {num_envs}/{batch_size}", show_progress)
-        raw = raw_env_sps(game, num_envs, batch_size, num_threads, seconds)
-        progress("collect: fastdqn pipeline", show_progress)
-        fast = pipeline_sps(game, num_envs, batch_size, num_threads, seconds, epsilon, precision, capacity)
+        for r in range(1, rounds + 1):
+            progress(f"collect: round {r}/{rounds}: raw EnvPool {num_envs}/{batch_size}", show_progress)
+            raw = raw_env_sps(game, num_envs, batch_size, num_threads, seconds)
+            progress(f"collect: round {r}/{rounds}: fastdqn pipeline", show_progress)
+            fast = pipeline_sps(game, num_envs, batch_size, num_threads, seconds, epsilon, precision, capacity)
+            per_round.append({"raw_env_steps_per_s": raw, "pipeline_steps_per_s": fast,
+                              "pipeline_vs_raw_env": fast / raw})
     finally:
         torch.set_num_threads(threads_before)  # later benchmarks in `bench all` pick their own
     progress("collect: plain single-env baseline (torch's default threads)", show_progress)
     plain = plain_loop(game, learn=False, warmup_steps=200, measure_steps=baseline_steps, epsilon=epsilon)
+    raw = statistics.median(x["raw_env_steps_per_s"] for x in per_round)
+    fast = statistics.median(x["pipeline_steps_per_s"] for x in per_round)
+    ratios = [x["pipeline_vs_raw_env"] for x in per_round]
     return {
         "benchmark": "collect", "game": game, "machine": machine(), "num_envs": num_envs,
         "batch_size": batch_size, "num_threads": num_threads, "torch_threads": torch_threads,
-        "epsilon": epsilon, "precision": precision,
+        "epsilon": epsilon, "precision": precision, "rounds": rounds, "seconds": seconds,
         "raw_env_steps_per_s": raw, "pipeline_steps_per_s": fast,
         "baseline_steps_per_s": plain["steps_per_s"],
-        "pipeline_vs_raw_env": fast / raw, "pipeline_vs_baseline": fast / plain["steps_per_s"],
+        "pipeline_vs_raw_env": fast / raw, "pipeline_vs_raw_env_range": [min(ratios), max(ratios)],
+        "pipeline_vs_baseline": fast / plain["steps_per_s"], "per_round": per_round,
     }
 
 
@@ -86,17 +101,22 @@ def report(r: dict) -> None:
             r["pipeline_vs_raw_env"]],
            ["plain baseline: one env, fp32, obs+next_obs stored", r["baseline_steps_per_s"],
             4 * r["baseline_steps_per_s"], r["baseline_steps_per_s"] / r["raw_env_steps_per_s"]]])
+    if "per_round" in r:
+        low, high = r["pipeline_vs_raw_env_range"]
+        print(f"medians of {r['rounds']} interleaved rounds of {r['seconds']:g} s;"
+              f" pipeline / raw within each round: {low:.2f}-{high:.2f}")
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="fastdqn bench collect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--game", default="Breakout-v5")
-    parser.add_argument("--num-envs", type=int, default=64)
+    parser.add_argument("--num-envs", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32, help="EnvPool batch (async when < num-envs)")
     parser.add_argument("--num-threads", type=int, default=2, help="EnvPool threads")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads for the forward")
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per round and side")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (raw, pipeline, ...)")
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     parser.add_argument("--json", default=None)
@@ -104,11 +124,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         result = run(args.game, 4, 2, 1, 0.2, precision=args.precision, capacity=2_000, baseline_steps=50,
-                     show_progress=False)
+                     show_progress=False, rounds=1)
     else:
         result = run(args.game, args.num_envs, args.batch_size, args.num_threads, args.seconds,
                      precision=args.precision, show_progress=not args.no_progress,
-                     torch_threads=args.torch_threads)
+                     torch_threads=args.torch_threads, rounds=args.rounds)
     report(result)
     write_json(args.json, result)
     return result

@@ -15,7 +15,7 @@ import numpy as np
 from fastdqn.bench.common import machine, print_machine, progress, rate, table, write_json
 
 # (num_envs, batch_size, num_threads); batch_size < num_envs is async mode
-DEFAULT_SWEEP = [(1, 1, 1), (8, 8, 2), (16, 16, 2), (32, 16, 2), (32, 8, 2), (64, 32, 2)]
+DEFAULT_SWEEP = [(1, 1, 1), (8, 8, 2), (16, 16, 2), (32, 16, 2), (32, 8, 2), (64, 32, 2), (96, 32, 2)]
 QUICK_SWEEP = [(1, 1, 1), (4, 4, 2), (8, 4, 2)]
 
 

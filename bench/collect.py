@@ -17,14 +17,13 @@ each other while EnvPool holds the cores).
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import numpy as np
 import torch
 
 from fastdqn.acting import select_actions
 from fastdqn.bench.baselines import plain_loop
-from fastdqn.bench.common import machine, print_machine, progress, rate, table, write_json
+from fastdqn.bench.common import interleaved_ratio, machine, print_machine, progress, rate, table, write_json
 from fastdqn.bench.env import measure as raw_env_sps
 from fastdqn.envs import EnvConfig, VecEnv
 from fastdqn.networks import make_q_network
@@ -63,30 +62,22 @@ def run(game="Breakout-v5", num_envs=96, batch_size=32, num_threads=2, seconds=5
     are the medians over the rounds, and the ratio is theirs."""
     threads_before = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
-    per_round = []
     try:
-        for r in range(1, rounds + 1):
-            progress(f"collect: round {r}/{rounds}: raw EnvPool {num_envs}/{batch_size}", show_progress)
-            raw = raw_env_sps(game, num_envs, batch_size, num_threads, seconds)
-            progress(f"collect: round {r}/{rounds}: fastdqn pipeline", show_progress)
-            fast = pipeline_sps(game, num_envs, batch_size, num_threads, seconds, epsilon, precision, capacity)
-            per_round.append({"raw_env_steps_per_s": raw, "pipeline_steps_per_s": fast,
-                              "pipeline_vs_raw_env": fast / raw})
+        measured = interleaved_ratio(f"collect {num_envs}/{batch_size}", {
+            "raw_env_steps_per_s": lambda: raw_env_sps(game, num_envs, batch_size, num_threads, seconds),
+            "pipeline_steps_per_s": lambda: pipeline_sps(game, num_envs, batch_size, num_threads, seconds,
+                                                         epsilon, precision, capacity),
+        }, ("pipeline_vs_raw_env", "pipeline_steps_per_s", "raw_env_steps_per_s"), rounds, show_progress)
     finally:
         torch.set_num_threads(threads_before)  # later benchmarks in `bench all` pick their own
     progress("collect: plain single-env baseline (torch's default threads)", show_progress)
     plain = plain_loop(game, learn=False, warmup_steps=200, measure_steps=baseline_steps, epsilon=epsilon)
-    raw = statistics.median(x["raw_env_steps_per_s"] for x in per_round)
-    fast = statistics.median(x["pipeline_steps_per_s"] for x in per_round)
-    ratios = [x["pipeline_vs_raw_env"] for x in per_round]
     return {
         "benchmark": "collect", "game": game, "machine": machine(), "num_envs": num_envs,
         "batch_size": batch_size, "num_threads": num_threads, "torch_threads": torch_threads,
-        "epsilon": epsilon, "precision": precision, "rounds": rounds, "seconds": seconds,
-        "raw_env_steps_per_s": raw, "pipeline_steps_per_s": fast,
+        "epsilon": epsilon, "precision": precision, "rounds": rounds, "seconds": seconds, **measured,
         "baseline_steps_per_s": plain["steps_per_s"],
-        "pipeline_vs_raw_env": fast / raw, "pipeline_vs_raw_env_range": [min(ratios), max(ratios)],
-        "pipeline_vs_baseline": fast / plain["steps_per_s"], "per_round": per_round,
+        "pipeline_vs_baseline": measured["pipeline_steps_per_s"] / plain["steps_per_s"],
     }
 
 

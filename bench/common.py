@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import os
 import platform
 import sys
@@ -84,6 +85,35 @@ def write_json(path: str | None, result: dict) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
         print(f"wrote {path}")
+
+
+def interleaved_ratio(label: str, measures: dict, ratio: tuple[str, str, str], rounds: int,
+                      show_progress: bool = True) -> dict:
+    """Time the measures (name -> zero-argument function returning a rate) in interleaved
+    rounds (a, b, a, b, ... in the dict's order), so that the machine's drift reaches all alike.
+
+    ``ratio`` = (key, numerator, denominator) names the ratio. Returns ``{name: median over
+    the rounds, key: median of numerator / median of denominator, key + "_range": [min, max]
+    of the per-round ratios, "per_round": [...]}``; each round holds the rates, their ratio
+    and the cores other processes kept busy during each measure.
+    """
+    key, numerator, denominator = ratio
+    per_round = []
+    for r in range(1, rounds + 1):
+        figures, busy = {}, []
+        for name, measure in measures.items():
+            progress(f"{label}: round {r}/{rounds}: {name}", show_progress)
+            load = OtherLoad()
+            figures[name] = measure()
+            busy.append(load.cores())
+        figures[key] = figures[numerator] / figures[denominator]
+        per_round.append({**figures, "cores_busy_elsewhere": busy})
+        progress(f"{label}: round {r}/{rounds}: " + ", ".join(f"{n} {figures[n]:,.1f}" for n in measures),
+                 show_progress)
+    medians = {name: statistics.median(x[name] for x in per_round) for name in measures}
+    ratios = [x[key] for x in per_round]
+    return {**medians, key: medians[numerator] / medians[denominator],
+            f"{key}_range": [min(ratios), max(ratios)], "per_round": per_round}
 
 
 def progress(message: str, enabled: bool = True) -> None:

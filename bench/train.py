@@ -18,13 +18,12 @@ over the rounds and their ratio, and every round is kept in the JSON.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 
 import torch
 
 from fastdqn.bench.baselines import plain_loop
-from fastdqn.bench.common import OtherLoad, machine, print_machine, progress, table, write_json
+from fastdqn.bench.common import interleaved_ratio, machine, print_machine, table, write_json
 from fastdqn.config import make_config
 from fastdqn.train import train
 
@@ -49,33 +48,19 @@ def run(game="Breakout-v5", num_envs=16, env_batch=0, num_threads=2, replay_rati
     """``measure_steps`` / ``baseline_steps`` are per round."""
     torch.set_num_threads(2)
     train_every = max(1, round(batch_size / replay_ratio))
-    per_round = []
-    for r in range(1, rounds + 1):
-        progress(f"train: round {r}/{rounds}: fastdqn {precision}, {num_envs} envs, replay ratio {replay_ratio:g}",
-                 show_progress)
-        load = OtherLoad()
-        fast = fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size, precision,
-                           warmup_steps, measure_steps, buffer_size, replay_device)
-        fast_load = load.cores()
-        progress(f"train: round {r}/{rounds}: plain single-env fp32 baseline", show_progress)
-        load = OtherLoad()
-        plain = plain_loop(game, learn=True, warmup_steps=max(batch_size, 200), measure_steps=baseline_steps,
-                           train_every=train_every, batch_size=batch_size)
-        per_round.append({"fastdqn_steps_per_s": fast["steps_per_s"], "baseline_steps_per_s": plain["steps_per_s"],
-                          "speedup": fast["steps_per_s"] / plain["steps_per_s"],
-                          "cores_busy_elsewhere": [fast_load, load.cores()]})
-        progress(f"train: round {r}/{rounds}: {fast['steps_per_s']:.1f} vs {plain['steps_per_s']:.1f} agent steps/s",
-                 show_progress)
-    fast_sps = statistics.median(x["fastdqn_steps_per_s"] for x in per_round)
-    plain_sps = statistics.median(x["baseline_steps_per_s"] for x in per_round)
+    measured = interleaved_ratio("train", {
+        "fastdqn_steps_per_s": lambda: fastdqn_sps(
+            game, num_envs, env_batch, num_threads, replay_ratio, batch_size, precision, warmup_steps,
+            measure_steps, buffer_size, replay_device)["steps_per_s"],
+        "baseline_steps_per_s": lambda: plain_loop(
+            game, learn=True, warmup_steps=max(batch_size, 200), measure_steps=baseline_steps,
+            train_every=train_every, batch_size=batch_size)["steps_per_s"],
+    }, ("speedup", "fastdqn_steps_per_s", "baseline_steps_per_s"), rounds, show_progress)
     return {
         "benchmark": "train", "game": game, "machine": machine(), "replay_ratio": replay_ratio,
         "batch_size": batch_size, "precision": precision, "num_envs": num_envs, "env_batch": env_batch or num_envs,
         "replay_device": replay_device, "rounds": rounds, "measure_steps": measure_steps,
-        "baseline_steps": baseline_steps, "fastdqn_steps_per_s": fast_sps, "baseline_steps_per_s": plain_sps,
-        "baseline_replay_ratio": batch_size / train_every, "speedup": fast_sps / plain_sps,
-        "speedup_range": [min(x["speedup"] for x in per_round), max(x["speedup"] for x in per_round)],
-        "per_round": per_round,
+        "baseline_steps": baseline_steps, "baseline_replay_ratio": batch_size / train_every, **measured,
     }
 
 

@@ -75,8 +75,9 @@ class _Staging:
 
     ``load`` copies K NumPy batches into pinned memory (plain memcpy), then each field to
     the device in one non-blocking copy; a field that is already on the device (frames
-    gathered there by a device-resident replay) is copied device to device. Reusing the buffers is safe because every caller
-    waits for the results of the previous call (which come after these copies) first.
+    gathered there by a device-resident replay) is copied device to device. Reusing the
+    buffers is safe because every caller waits for the results of the previous call
+    (which come after these copies) first.
     """
 
     def __init__(self, batches: Sequence[Any], device: torch.device):

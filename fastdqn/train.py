@@ -109,10 +109,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         torch.set_num_threads(cfg.torch_threads or (1 if len(env.obs_shape) == 1 else os.cpu_count()))
     learner = build_learner(cfg, env.obs_shape, env.num_actions, device)
     q_network = learner.q_network
+    frames_device = {"numpy": None, "cpu": "cpu", "cuda": device}[cfg.replay_device]
     replay = PrioritizedReplay(
         cfg.buffer_size, env.num_envs, env.frame_shape, stack=env.stack, n_step=cfg.n_step,
         gamma=cfg.gamma, alpha=cfg.per_alpha, eps=cfg.per_eps, seed=cfg.seed, obs_dtype=env.obs_dtype,
-        frames_device=None if cfg.replay_device == "numpy" else (device if cfg.replay_device == "cuda" else "cpu"),
+        frames_device=frames_device,
     )
 
     counters = {"agent_steps": 0, "updates": 0, "games": 0, "wall_seconds": 0.0, "best_eval": -math.inf,

@@ -42,7 +42,8 @@ class ReplaySample(NamedTuple):
 
 class _Outputs:
     """Preallocated output arrays for one batch size (a fresh multi-MB array per call would
-    page-fault on every call)."""
+    page-fault on every call). The frame buffers come from ``_frame_buffer``: host memory
+    here, device tensors in ``_DeviceOutputs``."""
 
     def __init__(self, batch: int, stack: int, n_step: int, frame_shape, dtype, use_window=True):
         frame_size = math.prod(frame_shape)
@@ -57,10 +58,10 @@ class _Outputs:
         self.returns = np.empty(batch, np.float32)
         self.discounts = np.empty(batch, np.float32)
         self.horizon = np.empty(batch, np.int64)
-        self.window = _zeros((batch, width, frame_size), dtype)
-        self.next_window = _zeros((batch, stack, frame_size), dtype)
+        self.window = self._frame_buffer((batch, width, frame_size), dtype)
+        self.next_window = self._frame_buffer((batch, stack, frame_size), dtype)
 
-        def shaped(a, start):
+        def shaped(a, start):  # a view, for NumPy arrays and tensors alike
             v = a.reshape(batch, a.shape[1], *frame_shape)[:, start : start + stack]
             return v[:, 0] if stack == 1 else v
 
@@ -71,6 +72,9 @@ class _Outputs:
         self.window_sample = (
             ReplaySample(*head, obs, *tail, shaped(self.window, n_step)) if self.windowed else None
         )
+
+    def _frame_buffer(self, shape, dtype):
+        return _zeros(shape, dtype)
 
     @property
     def nbytes(self) -> int:
@@ -125,7 +129,7 @@ def _zeros(shape, dtype, fill=0) -> np.ndarray:
     return array
 
 
-class _Staging:
+class _Uploader:
     """Host buffers that carry small arrays to reused device buffers.
 
     On CUDA the host buffers are pinned and copied with ``non_blocking=True`` on the current
@@ -187,7 +191,7 @@ def _resolve_frames_device(frames_device):
         device = torch.device("cuda", torch.cuda.current_device())  # pin it: kernels check devices
     kernels = native.cuda_gather() if device.type == "cuda" else native.cpu_gather()
     if kernels is None:
-        reason = native.unavailable_reason(device.type) or "see the RuntimeWarning above"
+        reason = native.unavailable_reason(device.type)
         raise RuntimeError(
             f"frames_device={str(device)!r} needs the native {device.type} replay kernels"
             f" (fastdqn.replay.native), which are not available: {reason}. Keep frames_device=None"
@@ -214,27 +218,27 @@ class _DeviceRing:
             self.frames = torch.zeros((num_slots, frame_size), dtype=self.dtype, device=device)
         self.back = torch.zeros(num_slots, dtype=torch.uint8, device=device)
         # add(): the rows written, their back values and new frames, for up to num_envs envs.
-        self.add_staging = _Staging(torch, device, [((num_envs,), torch.int64), ((num_envs,), torch.uint8),
+        self.add_uploader = _Uploader(torch, device, [((num_envs,), torch.int64), ((num_envs,), torch.uint8),
                                                     ((num_envs, frame_size), self.dtype)])
 
     def store(self, rows, back, newest) -> None:
         """frames[rows] = newest (B, F) and back[rows] = back, on the device."""
         count = rows.shape[0]
-        rows_h, back_h, frames_h = self.add_staging.host()
+        rows_h, back_h, frames_h = self.add_uploader.host()
         rows_h[:count] = rows
         back_h[:count] = back
         frames_h[:count] = newest
-        rows_d, back_d, frames_d = self.add_staging.upload(count)
+        rows_d, back_d, frames_d = self.add_uploader.upload(count)
         self.native.scatter_frames(self.frames, rows_d, frames_d)
         self.back.index_copy_(0, rows_d, back_d)
 
     def gather(self, out: "_DeviceOutputs", early: bool, lane: int, stack: int) -> ReplaySample:
         """obs / next_obs of the batch in out.indices (targets already in out): the device
         twin of the tail of PrioritizedReplay.sample's host path, branch for branch."""
-        (host,) = out.staging.host()
+        (host,) = out.uploader.host()
         host[0] = out.indices
         host[1] = out.horizon
-        (sent,) = out.staging.upload()
+        (sent,) = out.uploader.upload()
         indices, horizon = sent[0], sent[1]
         self.native.gather_window(indices, self.frames, self.back, lane, stack, out.window)
         if out.windowed and not early:
@@ -260,48 +264,26 @@ class _DeviceRing:
     @property
     def nbytes(self) -> int:
         tensors = (self.frames, self.back)
-        return sum(t.element_size() * t.nelement() for t in tensors) + self.add_staging.nbytes
+        return sum(t.element_size() * t.nelement() for t in tensors) + self.add_uploader.nbytes
 
 
-class _DeviceOutputs:
-    """The _Outputs of a device ring: the targets in preallocated host arrays (as _Outputs),
-    obs / next_obs in preallocated tensors on the device, the indices (and horizons) sent
-    there through a _Staging."""
+class _DeviceOutputs(_Outputs):
+    """The _Outputs of a device ring: the targets in host arrays as there, obs / next_obs in
+    tensors on the device, and the indices (and horizons) sent there through an _Uploader."""
 
     def __init__(self, ring_d: _DeviceRing, batch: int, stack: int, n_step: int, frame_shape,
                  use_window=True):
-        torch = ring_d.torch
-        self.windowed = use_window and n_step < stack
-        width = stack + n_step if self.windowed else stack
-        self.uniforms = np.empty(batch, np.float64)
-        self.indices = np.empty(batch, np.int64)
-        self.weights = np.empty(batch, np.float32)
-        self.actions = np.empty(batch, np.int64)
-        self.returns = np.empty(batch, np.float32)
-        self.discounts = np.empty(batch, np.float32)
-        self.horizon = np.empty(batch, np.int64)
-        device, dtype = ring_d.device, ring_d.dtype
-        self.window = torch.zeros((batch, width, *frame_shape), dtype=dtype, device=device)
-        self.next_window = torch.zeros((batch, stack, *frame_shape), dtype=dtype, device=device)
-        self.staging = _Staging(torch, device, [((2, batch), torch.int64)])  # indices, horizon
+        self._ring_d = ring_d
+        super().__init__(batch, stack, n_step, frame_shape, ring_d.dtype, use_window)
+        self.uploader = _Uploader(ring_d.torch, ring_d.device, [((2, batch), ring_d.torch.int64)])  # indices, horizon
 
-        def shaped(a, start):
-            v = a[:, start : start + stack]
-            return v[:, 0] if stack == 1 else v
-
-        head = (self.indices, self.weights)
-        tail = (self.actions, self.returns, self.discounts)
-        obs = shaped(self.window, 0)
-        self.split = ReplaySample(*head, obs, *tail, shaped(self.next_window, 0))
-        self.window_sample = (
-            ReplaySample(*head, obs, *tail, shaped(self.window, n_step)) if self.windowed else None
-        )
+    def _frame_buffer(self, shape, dtype):
+        return self._ring_d.torch.zeros(shape, dtype=dtype, device=self._ring_d.device)
 
     @property
     def nbytes(self) -> int:
-        host = sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
         device = sum(t.element_size() * t.nelement() for t in (self.window, self.next_window))
-        return host + device + self.staging.nbytes
+        return super().nbytes + device + self.uploader.nbytes
 
 
 def _storage_bytes(num_slots: int, frame_size: int, itemsize: int, num_envs: int) -> int:

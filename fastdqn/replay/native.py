@@ -123,8 +123,9 @@ def _tensor(x) -> torch.Tensor:
 def _module(frames: torch.Tensor):
     module = cuda_gather() if frames.is_cuda else cpu_gather()
     if module is None:
-        raise RuntimeError(f"the native {frames.device.type} replay kernels are not available "
-                           "(see the warning above); use the Numba kernels of fastdqn.replay.ring")
+        kind = frames.device.type
+        raise RuntimeError(f"the native {kind} replay kernels are not available ({unavailable_reason(kind)});"
+                           " use the Numba kernels of fastdqn.replay.ring")
     return module
 
 

@@ -33,6 +33,7 @@ def test_train_bench_runs_both_loops_at_the_same_replay_ratio(capsys):
     (only_round,) = result["per_round"]  # --quick: one round, so the medians are that round
     assert result["speedup"] == only_round["fastdqn_steps_per_s"] / only_round["baseline_steps_per_s"]
     assert result["speedup_range"] == [only_round["speedup"]] * 2
+    assert only_round["speedup"] == only_round["fastdqn_steps_per_s"] / only_round["baseline_steps_per_s"]
     assert "plain baseline" in capsys.readouterr().out
 
 

@@ -140,6 +140,20 @@ def test_atari_run_end_to_end_with_eval_gif_and_plot(tmp_path):
     assert np.all(np.isfinite(scalars["losses/td_loss"][1]))
 
 
+@pytest.mark.parametrize("batch_size", [0, 2], ids=["sync", "async"])
+def test_updates_keep_the_replay_ratio(tmp_path, batch_size):
+    """replay_ratio sampled transitions per agent step after learning_starts: the count of
+    updates is fixed by the step count alone (the loop learns between send and recv)."""
+    cfg = make_config(env=dict(env_id="CartPole-v1", num_envs=4, batch_size=batch_size), run_dir=str(tmp_path),
+                      total_steps=2000, buffer_size=4000, learning_starts=400, replay_ratio=2.0, batch_size=32,
+                      eval_interval=0, final_eval=False, torch_threads=1)
+    summary = train(cfg, progress=False)
+    steps_per_iteration = batch_size or 4
+    expected = cfg.replay_ratio * (cfg.total_steps - cfg.learning_starts) / cfg.batch_size  # 100
+    # learning starts within one iteration of learning_starts, and credit is spent in whole updates
+    assert abs(summary["updates"] - expected) <= cfg.replay_ratio * steps_per_iteration / cfg.batch_size + 1
+
+
 def test_device_resident_replay_trains_exactly_like_the_numpy_replay(tmp_path):
     """--replay-device cpu runs the GPU code path (frames in torch tensors, gathered by the
     native kernels, fed to the learner as tensors) on the CPU: same seeds, same run, bit for bit."""

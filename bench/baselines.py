@@ -2,8 +2,13 @@
 
 Written the way a newcomer would write them (CleanRL-style): one environment stepped at a
 time, the stacked observation AND the stacked next observation stored for every transition,
-uniform sampling with NumPy fancy indexing, an fp32 eager double-Q update. Same game, same
-network and same replay ratio as the fastdqn side; nothing is slowed down on purpose.
+uniform sampling with NumPy fancy indexing, an fp32 eager update. Same game and replay
+ratio as the fastdqn side; nothing is slowed down on purpose. Two updates (PlainUpdate):
+
+- "plain": fastdqn's algorithm written plainly: dueling Nature CNN, double-Q target (three
+  forwards), Huber loss, Adam.
+- "cleanrl": CleanRL's dqn_atari update: plain Nature CNN (no dueling), target = max over
+  the target net (two forwards), MSE loss, Adam.
 """
 
 from __future__ import annotations
@@ -15,6 +20,42 @@ import torch
 import torch.nn.functional as F
 
 from fastdqn.networks import make_q_network
+
+
+class PlainUpdate:
+    """One fp32 eager update of the kind above; ``__call__`` takes a batch of tensors."""
+
+    KINDS = ("plain", "cleanrl")
+
+    def __init__(self, kind: str, obs_shape, n_actions: int, gamma: float = 0.99, lr: float = 1e-4):
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
+        self.kind, self.gamma = kind, gamma
+        dueling = kind == "plain"
+        self.q_network = make_q_network(obs_shape, n_actions, dueling=dueling)
+        self.target_network = make_q_network(obs_shape, n_actions, dueling=dueling)
+        self.target_network.load_state_dict(self.q_network.state_dict())
+        self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=lr, eps=1.5e-4)
+
+    def __call__(self, obs, actions, rewards, next_obs, dones) -> None:
+        with torch.no_grad():
+            if self.kind == "plain":  # double Q
+                next_actions = self.q_network(next_obs).argmax(1, keepdim=True)
+                next_q = self.target_network(next_obs).gather(1, next_actions).squeeze(1)
+            else:
+                next_q = self.target_network(next_obs).max(dim=1).values
+            td_target = rewards + self.gamma * next_q * (1 - dones)
+        q = self.q_network(obs).gather(1, actions[:, None]).squeeze(1)
+        if self.kind == "plain":
+            loss = F.smooth_l1_loss(q, td_target)
+        else:
+            loss = F.mse_loss(q, td_target)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+
+    def sync_target(self) -> None:
+        self.target_network.load_state_dict(self.q_network.state_dict())
 
 
 class PlainReplay:
@@ -49,19 +90,16 @@ def _make_single_env(game: str, seed: int):
 
 def plain_loop(game: str = "Breakout-v5", *, learn: bool, warmup_steps: int, measure_steps: int,
                train_every: int = 4, batch_size: int = 32, capacity: int = 20_000, epsilon: float = 0.05,
-               gamma: float = 0.99, seed: int = 0) -> dict:
-    """Single-env acting (+ learning when `learn`): agent steps per second after warm-up.
-
-    Replay ratio = batch_size / train_every (8 with the defaults).
+               gamma: float = 0.99, seed: int = 0, kind: str = "plain") -> dict:
+    """Single-env acting (+ learning when `learn`, with the PlainUpdate ``kind``): agent steps
+    per second after warm-up. Replay ratio = batch_size / train_every (8 with the defaults).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     env = _make_single_env(game, seed)
     n_actions = env.action_space.n
-    q_network = make_q_network(env.observation_space.shape, n_actions, dueling=True)
-    target_network = make_q_network(env.observation_space.shape, n_actions, dueling=True)
-    target_network.load_state_dict(q_network.state_dict())
-    optimizer = torch.optim.Adam(q_network.parameters(), lr=1e-4, eps=1.5e-4)
+    update = PlainUpdate(kind, env.observation_space.shape, n_actions, gamma)
+    q_network = update.q_network
     rb = PlainReplay(capacity, env.observation_space.shape, env.observation_space.dtype)
     obs, _ = env.reset()
     start = None
@@ -81,18 +119,9 @@ def plain_loop(game: str = "Breakout-v5", *, learn: bool, warmup_steps: int, mea
         if done:
             obs, _ = env.step(np.zeros(1, np.int32))[:2]  # the auto-reset step
         if learn and step % train_every == 0 and step >= batch_size:
-            b_obs, b_act, b_rew, b_next, b_done = (torch.as_tensor(x) for x in rb.sample(batch_size, rng))
-            with torch.no_grad():
-                next_actions = q_network(b_next).argmax(1, keepdim=True)
-                next_q = target_network(b_next).gather(1, next_actions).squeeze(1)
-                td_target = b_rew + gamma * next_q * (1 - b_done)
-            q = q_network(b_obs).gather(1, b_act[:, None]).squeeze(1)
-            loss = F.smooth_l1_loss(q, td_target)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            update(*(torch.as_tensor(x) for x in rb.sample(batch_size, rng)))
             if step % 1000 == 0:
-                target_network.load_state_dict(q_network.state_dict())
+                update.sync_target()
     elapsed = time.perf_counter() - start
     env.close()
     return {"steps_per_s": measure_steps / elapsed, "measure_steps": measure_steps,

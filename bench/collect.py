@@ -26,6 +26,7 @@ from fastdqn.bench.baselines import plain_loop
 from fastdqn.bench.common import interleaved_ratio, machine, print_machine, progress, rate, table, write_json
 from fastdqn.bench.env import measure as raw_env_sps
 from fastdqn.envs import EnvConfig, VecEnv
+from fastdqn.hardware import resolve_precision
 from fastdqn.networks import make_q_network
 from fastdqn.replay import PrioritizedReplay
 
@@ -55,11 +56,12 @@ def pipeline_sps(game: str, num_envs: int, batch_size: int, num_threads: int, se
 
 
 def run(game="Breakout-v5", num_envs=96, batch_size=32, num_threads=2, seconds=5.0, epsilon=0.0,
-        precision="bf16", capacity=100_000, baseline_steps=1500, show_progress=True, torch_threads=1,
+        precision="auto", capacity=100_000, baseline_steps=1500, show_progress=True, torch_threads=1,
         rounds=3) -> dict:
     """Raw EnvPool and the pipeline are timed in interleaved rounds (raw, pipeline, raw, ...),
     ``seconds`` each, so that the machine's drift reaches both alike; the headline figures
     are the medians over the rounds, and the ratio is theirs."""
+    precision = resolve_precision(precision, torch.device("cpu")).name  # auto -> fp32 | bf16
     threads_before = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
     try:
@@ -108,7 +110,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads for the forward")
     parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per round and side")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (raw, pipeline, ...)")
-    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="of the acting forward; auto: bf16 only where the hardware has it")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-progress", action="store_true")

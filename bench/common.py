@@ -12,22 +12,15 @@ from pathlib import Path
 
 
 def machine() -> dict:
-    """CPU model, cores, GPU and library versions: printed above every table."""
+    """CPU (model, cores, vector / bf16 flags, ISA caps), GPU and library versions: printed
+    above every table."""
     import numpy
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from fastdqn.hardware import machine as hardware
+
     info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **hardware(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
@@ -76,8 +69,10 @@ def fmt(value) -> str:
 def print_machine(info: dict, file=None) -> None:
     file = file or sys.stdout
     gpu = info["gpu"] or "no GPU"
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {gpu}; python {info['python']}, torch {info['torch']}, "
-          f"envpool {info['envpool']}, numba {info['numba']}, numpy {info['numpy']}", file=file)
+    flags = " ".join(info.get("cpu_flags", [])) or "none known"
+    cap = "".join(f", {k}={v}" for k, v in info.get("isa_cap", {}).items())
+    print(f"machine: {info['cpu']}, {info['cores']} cores (flags: {flags}{cap}), {gpu}; python {info['python']}, "
+          f"torch {info['torch']}, envpool {info['envpool']}, numba {info['numba']}, numpy {info['numpy']}", file=file)
 
 
 def write_json(path: str | None, result: dict) -> None:
@@ -87,17 +82,17 @@ def write_json(path: str | None, result: dict) -> None:
         print(f"wrote {path}")
 
 
-def interleaved_ratio(label: str, measures: dict, ratio: tuple[str, str, str], rounds: int,
-                      show_progress: bool = True) -> dict:
+def interleaved_ratio(label: str, measures: dict, ratio: tuple[str, str, str] | list[tuple[str, str, str]],
+                      rounds: int, show_progress: bool = True) -> dict:
     """Time the measures (name -> zero-argument function returning a rate) in interleaved
     rounds (a, b, a, b, ... in the dict's order), so that the machine's drift reaches all alike.
 
-    ``ratio`` = (key, numerator, denominator) names the ratio. Returns ``{name: median over
-    the rounds, key: median of numerator / median of denominator, key + "_range": [min, max]
-    of the per-round ratios, "per_round": [...]}``; each round holds the rates, their ratio
-    and the cores other processes kept busy during each measure.
+    ``ratio`` = (key, numerator, denominator) names a ratio (or a list of them). Returns
+    ``{name: median over the rounds, key: median of numerator / median of denominator,
+    key + "_range": [min, max] of the per-round ratios, "per_round": [...]}``; each round
+    holds the rates, their ratios and the cores other processes kept busy during each measure.
     """
-    key, numerator, denominator = ratio
+    ratios = [ratio] if isinstance(ratio, tuple) else list(ratio)
     per_round = []
     for r in range(1, rounds + 1):
         figures, busy = {}, []
@@ -106,14 +101,17 @@ def interleaved_ratio(label: str, measures: dict, ratio: tuple[str, str, str], r
             load = OtherLoad()
             figures[name] = measure()
             busy.append(load.cores())
-        figures[key] = figures[numerator] / figures[denominator]
+        for key, numerator, denominator in ratios:
+            figures[key] = figures[numerator] / figures[denominator]
         per_round.append({**figures, "cores_busy_elsewhere": busy})
         progress(f"{label}: round {r}/{rounds}: " + ", ".join(f"{n} {figures[n]:,.1f}" for n in measures),
                  show_progress)
-    medians = {name: statistics.median(x[name] for x in per_round) for name in measures}
-    ratios = [x[key] for x in per_round]
-    return {**medians, key: medians[numerator] / medians[denominator],
-            f"{key}_range": [min(ratios), max(ratios)], "per_round": per_round}
+    result = {name: statistics.median(x[name] for x in per_round) for name in measures}
+    for key, numerator, denominator in ratios:
+        per_round_ratios = [x[key] for x in per_round]
+        result[key] = result[numerator] / result[denominator]
+        result[f"{key}_range"] = [min(per_round_ratios), max(per_round_ratios)]
+    return {**result, "per_round": per_round}
 
 
 def progress(message: str, enabled: bool = True) -> None:

@@ -5,13 +5,18 @@
     python -m fastdqn.bench.learner --quick      # tiny smoke run
 
 Modes: ``<precision>-<path>`` with precision fp32 | bf16 and path eager | compile | graph
-(graph: CUDA only, K updates per replay). ``-cl`` appended runs the network in
-channels_last memory format (an experiment; the learner itself does not use it).
-Every mode trains its own learner (Adam, Huber, double Q, hard target every 8000) from
-the same initial weights on random uint8 batches (4, 84, 84), 6 actions.
+(graph: CUDA only, K updates per replay): fastdqn's Learner (dueling Nature CNN, Adam,
+Huber, double Q, hard target every 8000). Two baselines, fp32 eager, written plainly
+(bench/baselines.py PlainUpdate): ``plain`` (the same algorithm: dueling, double Q, three
+forwards) and ``cleanrl`` (CleanRL's dqn_atari update: no dueling, max over the target
+net, two forwards, MSE). All train from the same seed on random uint8 batches (4, 84, 84),
+6 actions. Ratios are to ``plain``. One process setting reaches every mode alike: the
+Learner tunes glibc's allocator (fastdqn.hardware.keep_freed_memory) when the first one is
+built, so the baselines run without page faults too (they would fault ~800 pages per update
+on their own: their ratios here are conservative for fastdqn).
 
 The modes are timed in interleaved rounds (fp32, bf16, ..., fp32, bf16, ...) so that a
-load from another process spreads over all of them alike. Ratios are to fp32-eager of the
+load from another process spreads over all of them alike. Ratios are to ``plain`` of the
 same batch size, measured in the same run. Each round also records how many cores other
 processes kept busy meanwhile: on a 2-core machine one busy core can slow a 2-thread
 PyTorch update down 20x (OpenMP threads wait on each other), so the headline figure is the
@@ -30,11 +35,14 @@ import time
 import numpy as np
 import torch
 
-from fastdqn.bench.common import OtherLoad, machine, write_json
+from fastdqn.bench.baselines import PlainUpdate
+from fastdqn.bench.common import OtherLoad, machine, print_machine, write_json
+from fastdqn.hardware import keep_freed_memory, resolve_precision
 from fastdqn.learner import Learner
 from fastdqn.networks import make_q_network
 
-CPU_MODES = ("fp32-eager", "bf16-eager", "fp32-compile", "bf16-compile")
+BASELINES = PlainUpdate.KINDS  # ("plain", "cleanrl")
+CPU_MODES = BASELINES + ("fp32-eager", "bf16-eager", "fp32-compile", "bf16-compile")
 GPU_MODES = CPU_MODES + ("fp32-graph", "bf16-graph")
 NUM_ACTIONS = 6
 
@@ -52,18 +60,27 @@ def random_batches(n: int, batch_size: int, seed: int = 0) -> list[dict[str, np.
     } for _ in range(n)]
 
 
-def _make(mode: str, net: torch.nn.Module, device: torch.device, k: int) -> Learner:
-    parts = mode.split("-")
-    precision, path = parts[0], parts[1]
-    net = copy.deepcopy(net)
-    if "cl" in parts[2:]:
-        net = net.to(memory_format=torch.channels_last)
-    return Learner(net, precision=precision, compile=path == "compile",
+def _make(mode: str, net: torch.nn.Module, device: torch.device, k: int):
+    if mode in BASELINES:
+        torch.manual_seed(0)
+        return PlainUpdate(mode, (4, 84, 84), NUM_ACTIONS)  # (CPU only)
+    precision, path = mode.split("-")
+    return Learner(copy.deepcopy(net), precision=precision, compile=path == "compile",
                    cuda_graph=path == "graph", updates_per_graph=k, device=device)
 
 
-def _step(learner: Learner, batches, mode: str) -> int:
+def _baseline_batch(batch: dict) -> tuple[torch.Tensor, ...]:
+    """A replay batch as PlainUpdate takes it: obs, actions, rewards, next_obs, dones."""
+    dones = (batch["discounts"] == 0).astype(np.float32)
+    return tuple(torch.as_tensor(x) for x in (batch["obs"], batch["actions"], batch["returns"],
+                                              batch["next_obs"], dones))
+
+
+def _step(learner, batches, mode: str) -> int:
     """One timed call; returns the number of updates it made."""
+    if mode in BASELINES:
+        learner(*_baseline_batch(batches[0]))
+        return 1
     if mode.split("-")[1] == "graph":
         learner.update_many(batches)
         return len(batches)
@@ -81,9 +98,14 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
     if modes is None:
         modes = GPU_MODES if device.type == "cuda" else CPU_MODES
     modes = list(modes)
-    if "fp32-eager" not in modes:
-        modes.insert(0, "fp32-eager")  # the baseline of every ratio
+    if device.type == "cuda":
+        modes = [m for m in modes if m not in BASELINES]  # the baselines are CPU code
+    base_mode = "plain" if "plain" in modes else "fp32-eager"
+    if base_mode not in modes:
+        modes.insert(0, base_mode)  # the baseline of every ratio
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cpu":
+        keep_freed_memory()  # what every CPU Learner sets; set first, so all modes share it
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
 
     results = []
@@ -114,17 +136,16 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
                 others[mode].append(load.cores())
             say(f"batch {batch_size}: round {r + 1}/{rounds} done")
         headline = {m: _headline(rates[m], others[m]) for m in modes}
-        base = headline["fp32-eager"][0]
-        base_best = max(rates["fp32-eager"])
+        base = headline[base_mode][0]
+        base_best = max(rates[base_mode])
         for mode in modes:
             ups, quiet = headline[mode]
             best = max(rates[mode])
             results.append({
                 "batch_size": batch_size, "mode": mode,
                 "updates_per_s": round(ups, 2), "samples_per_s": round(ups * batch_size, 1),
-                "ms_per_update": round(1e3 / ups, 2), "ratio_to_fp32_eager": round(ups / base, 3),
-                "best_updates_per_s": round(best, 2),
-                "best_ratio_to_fp32_eager": round(best / base_best, 3),
+                "ms_per_update": round(1e3 / ups, 2), "ratio": round(ups / base, 3),
+                "best_updates_per_s": round(best, 2), "best_ratio": round(best / base_best, 3),
                 "quiet_rounds": quiet, "rounds": [round(x, 2) for x in rates[mode]],
                 "other_processes_cpu_cores": others[mode], "warmup_s": round(warmup[mode], 2),
             })
@@ -138,9 +159,70 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "network": "NatureCNN (4,84,84) uint8, 6 actions; Adam, Huber, double Q",
+        "ratio_to": base_mode,
+        "auto_precision": "{} ({})".format(*resolve_precision("auto", device)[:2]),
         "updates_per_graph": updates_per_graph,
         "results": results,
     }
+
+
+def profile(batch_size: int = 32, modes=("plain", "fp32-eager"), updates: int = 20,
+            top: int = 12, device: str = "cpu") -> dict:
+    """Where an update's time goes, per mode: minor page faults per update, and torch.profiler's
+    ops by self CPU time (ms per update, calls per update, input shapes).
+
+    Run it twice to see the allocator's share: as is, and with FASTDQN_DEFAULT_MALLOC=1
+    (glibc's defaults: fresh pages mapped on every update).
+    """
+    import resource
+
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    device = torch.device(device)
+    tuned = keep_freed_memory() if device.type == "cpu" else False
+    torch.manual_seed(0)
+    net = make_q_network((4, 84, 84), NUM_ACTIONS)
+    batches = random_batches(1, batch_size)
+    report = {"batch_size": batch_size, "updates": updates, "allocator_tuned": tuned,
+              "machine": machine(), "threads": torch.get_num_threads(), "modes": {}}
+    for mode in modes:
+        learner = _make(mode, net, device, 1)
+        for _ in range(3):
+            _step(learner, batches, mode)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0 = time.perf_counter()
+        for _ in range(updates):
+            _step(learner, batches, mode)
+        ms = 1e3 * (time.perf_counter() - t0) / updates
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / updates
+        with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(updates):
+                _step(learner, batches, mode)
+        events = sorted(prof.key_averages(group_by_input_shape=True),
+                        key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events) / updates / 1e3
+        report["modes"][mode] = {
+            "ms_per_update": round(ms, 2), "page_faults_per_update": round(faults, 1),
+            "profiled_self_cpu_ms_per_update": round(total, 2),
+            "top_ops": [{"op": e.key, "self_ms_per_update": round(e.self_cpu_time_total / updates / 1e3, 3),
+                         "calls_per_update": round(e.count / updates, 2),
+                         "shapes": str(e.input_shapes)[:80]} for e in events[:top]],
+        }
+    return report
+
+
+def format_profile(report: dict) -> str:
+    lines = [f"profile at batch {report['batch_size']}, {report['updates']} updates, "
+             f"{report['threads']} threads; allocator tuned: {report['allocator_tuned']}"]
+    for mode, r in report["modes"].items():
+        lines.append(f"\n{mode}: {r['ms_per_update']:.1f} ms/update (unprofiled), "
+                     f"{r['page_faults_per_update']:.0f} page faults/update, profiled self CPU "
+                     f"{r['profiled_self_cpu_ms_per_update']:.1f} ms/update")
+        for op in r["top_ops"]:
+            lines.append(f"  {op['self_ms_per_update']:7.2f} ms  {op['calls_per_update']:4.1f}x  "
+                         f"{op['op']:<32} {op['shapes']}")
+    return "\n".join(lines)
 
 
 QUIET = 0.1  # a round is quiet when other processes used less than this many cores
@@ -153,18 +235,20 @@ def _headline(rates: list[float], others: list[float | None]) -> tuple[float, in
 
 
 def format_table(report: dict) -> str:
+    ratio_to = report.get("ratio_to", "plain")
     lines = [f"learner on {report['device']} ({report['device_name']}), torch {report['torch']}, "
-             f"{report['threads']} threads",
+             f"{report['threads']} threads; precision auto here: {report['auto_precision']}",
              f"{'batch':>5}  {'mode':<16} {'ms/update':>10} {'updates/s':>10} {'samples/s':>10} "
-             f"{'x fp32':>7} {'(best)':>7} {'quiet':>7} {'warm-up s':>9}"]
+             f"{'x ' + ratio_to:>8} {'(best)':>7} {'quiet':>7} {'warm-up s':>9}"]
     for r in report["results"]:
         quiet = f"{r['quiet_rounds']}/{len(r['rounds'])}"
         lines.append(f"{r['batch_size']:>5}  {r['mode']:<16} {r['ms_per_update']:>10.2f} "
                      f"{r['updates_per_s']:>10.1f} {r['samples_per_s']:>10.0f} "
-                     f"{r['ratio_to_fp32_eager']:>7.2f} {r['best_ratio_to_fp32_eager']:>7.2f} "
+                     f"{r['ratio']:>8.2f} {r['best_ratio']:>7.2f} "
                      f"{quiet:>7} {r['warmup_s']:>9.1f}")
     lines.append(f"figures: median over the quiet rounds (other processes < {QUIET} cores; all "
-                 "rounds if none was quiet); (best): ratio of the best rounds")
+                 "rounds if none was quiet); (best): ratio of the best rounds; plain / cleanrl: "
+                 "the fp32 eager baselines (bench/baselines.py)")
     return "\n".join(lines)
 
 
@@ -176,22 +260,37 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     parser.add_argument("--batch-sizes", default="32,256", help="comma-separated")
     parser.add_argument("--modes", default=None,
-                        help="comma-separated, e.g. fp32-eager,bf16-eager,bf16-eager-cl "
+                        help="comma-separated, e.g. plain,cleanrl,fp32-eager,bf16-eager "
                              "(default: all of this device)")
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per mode")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--updates-per-graph", type=int, default=4, help="K of the graph modes")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: torch.profiler's top ops and the page faults per update "
+                             "of each mode (default modes plain,fp32-eager) at the first batch size; "
+                             "FASTDQN_DEFAULT_MALLOC=1 shows them with glibc's default allocator")
     args = parser.parse_args(argv)
+    if args.profile:
+        modes = args.modes.split(",") if args.modes else ["plain", "fp32-eager"]
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        report = profile(int(args.batch_sizes.split(",")[0]), modes, device=args.device or "cpu",
+                         updates=4 if args.quick else 20)
+        print_machine(report["machine"])
+        print(format_profile(report))
+        write_json(args.json, report)
+        return report
 
     kwargs = dict(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
                   modes=args.modes.split(",") if args.modes else None, seconds=args.seconds,
                   device=args.device, threads=args.threads, rounds=args.rounds,
                   updates_per_graph=args.updates_per_graph)
     if args.quick:
-        kwargs.update(batch_sizes=(4,), modes=["fp32-eager", "bf16-eager"], seconds=0.2,
-                      rounds=1)
+        kwargs.update(batch_sizes=(4,), modes=["plain", "cleanrl", "fp32-eager", "bf16-eager"],
+                      seconds=0.2, rounds=1)
     report = run(**kwargs)
+    print_machine(report["machine"])
     print(format_table(report))
     write_json(args.json, report)
     return report

@@ -1,14 +1,18 @@
 """End-to-end training throughput while learning, against the plain single-env baseline.
 
-Both sides: Breakout, Nature CNN (dueling), double Q, Adam, replay ratio 8 (on average 8
-sampled transitions per agent step: batch 32 every 4 agent steps), timed over a fixed number
-of agent steps after the warm-up. fastdqn runs its real `train()` loop (EnvPool pool,
-prioritized n-step replay, the precision asked for); the baseline is fp32 eager, one env.
+All sides: Breakout, Nature CNN, Adam, replay ratio 8 (on average 8 sampled transitions
+per agent step: batch 32 every 4 agent steps), timed over a fixed number of agent steps
+after the warm-up. fastdqn runs its real `train()` loop (EnvPool pool, prioritized n-step
+replay, dueling double Q, the precision asked for: auto by default); two baselines, fp32
+eager with one env (bench/baselines.py): "plain" (the same dueling double-Q update) and
+"cleanrl" (CleanRL's dqn_atari update: no dueling, max over the target net, two forwards).
 
-The two are timed in interleaved rounds (fastdqn, baseline, fastdqn, baseline, ...), each a
+The three are timed in interleaved rounds (fastdqn, plain, cleanrl, fastdqn, ...), each a
 fresh run with its own warm-up, so that the machine's drift (this 2-core VM's update time
-moves by a quarter within minutes) reaches both alike; the headline figures are the medians
-over the rounds and their ratio, and every round is kept in the JSON.
+moves by a quarter within minutes) reaches all alike; the headline figures are the medians
+over the rounds and their ratios, and every round is kept in the JSON. Every side runs with
+glibc's allocator tuned (fastdqn.hardware.keep_freed_memory, a process setting that
+fastdqn's learner makes), so the baselines' figures are, if anything, flattered.
 
     python bench/train.py
     fastdqn bench train --rounds 5 --measure-steps 4000 --precision fp32
@@ -25,6 +29,7 @@ import torch
 from fastdqn.bench.baselines import plain_loop
 from fastdqn.bench.common import interleaved_ratio, machine, print_machine, table, write_json
 from fastdqn.config import make_config
+from fastdqn.hardware import keep_freed_memory
 from fastdqn.train import train
 
 
@@ -39,26 +44,39 @@ def fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size
             log_interval=10**9,
         )
         summary = train(cfg, progress=False)
-    return {"steps_per_s": summary["learning_sps"], "updates": summary["updates"]}
+    return {"steps_per_s": summary["learning_sps"], "updates": summary["updates"],
+            "precision_used": summary["precision_used"]}
 
 
 def run(game="Breakout-v5", num_envs=16, env_batch=0, num_threads=2, replay_ratio=8.0, batch_size=32,
-        precision="bf16", warmup_steps=2_000, measure_steps=2_000, baseline_steps=500, buffer_size=100_000,
+        precision="auto", warmup_steps=2_000, measure_steps=2_000, baseline_steps=500, buffer_size=100_000,
         rounds=3, replay_device="numpy", show_progress=True) -> dict:
     """``measure_steps`` / ``baseline_steps`` are per round."""
     torch.set_num_threads(2)
+    keep_freed_memory()  # set before any side runs (see the module docstring)
     train_every = max(1, round(batch_size / replay_ratio))
+    used = {}
+
+    def fastdqn():
+        result = fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size, precision,
+                             warmup_steps, measure_steps, buffer_size, replay_device)
+        used["precision"] = result["precision_used"]
+        return result["steps_per_s"]
+
+    def baseline(kind):
+        return lambda: plain_loop(game, learn=True, warmup_steps=max(batch_size, 200), measure_steps=baseline_steps,
+                                  train_every=train_every, batch_size=batch_size, kind=kind)["steps_per_s"]
+
     measured = interleaved_ratio("train", {
-        "fastdqn_steps_per_s": lambda: fastdqn_sps(
-            game, num_envs, env_batch, num_threads, replay_ratio, batch_size, precision, warmup_steps,
-            measure_steps, buffer_size, replay_device)["steps_per_s"],
-        "baseline_steps_per_s": lambda: plain_loop(
-            game, learn=True, warmup_steps=max(batch_size, 200), measure_steps=baseline_steps,
-            train_every=train_every, batch_size=batch_size)["steps_per_s"],
-    }, ("speedup", "fastdqn_steps_per_s", "baseline_steps_per_s"), rounds, show_progress)
+        "fastdqn_steps_per_s": fastdqn,
+        "baseline_steps_per_s": baseline("plain"),
+        "cleanrl_steps_per_s": baseline("cleanrl"),
+    }, [("speedup", "fastdqn_steps_per_s", "baseline_steps_per_s"),
+        ("speedup_vs_cleanrl", "fastdqn_steps_per_s", "cleanrl_steps_per_s")], rounds, show_progress)
     return {
         "benchmark": "train", "game": game, "machine": machine(), "replay_ratio": replay_ratio,
-        "batch_size": batch_size, "precision": precision, "num_envs": num_envs, "env_batch": env_batch or num_envs,
+        "batch_size": batch_size, "precision": precision, "precision_used": used["precision"],
+        "num_envs": num_envs, "env_batch": env_batch or num_envs,
         "replay_device": replay_device, "rounds": rounds, "measure_steps": measure_steps,
         "baseline_steps": baseline_steps, "baseline_replay_ratio": batch_size / train_every, **measured,
     }
@@ -75,13 +93,16 @@ def report(r: dict) -> None:
     table(f"Training throughput while learning, {r['game']}, replay ratio {r['replay_ratio']:g} "
           f"(batch {r['batch_size']}); medians of {r['rounds']} interleaved rounds of {r['measure_steps']:,} "
           f"(fastdqn) and {r['baseline_steps']:,} (baseline) steps after warm-up",
-          ["what", "agent steps/s", "rounds", "frames/s", "x baseline"],
-          [[f"fastdqn ({r['num_envs']} envs, PER n-step, {r['precision']}{replay})", r["fastdqn_steps_per_s"],
-            spread("fastdqn_steps_per_s"), 4 * r["fastdqn_steps_per_s"], r["speedup"]],
-           ["plain baseline (1 env, uniform, fp32 eager)", r["baseline_steps_per_s"],
-            spread("baseline_steps_per_s"), 4 * r["baseline_steps_per_s"], 1.0]])
-    low, high = r["speedup_range"]
-    print(f"ratio within each round: {low:.2f}-{high:.2f}")
+          ["what", "agent steps/s", "rounds", "frames/s", "x plain", "x cleanrl"],
+          [[f"fastdqn ({r['num_envs']} envs, PER n-step, {r['precision_used']}{replay})", r["fastdqn_steps_per_s"],
+            spread("fastdqn_steps_per_s"), 4 * r["fastdqn_steps_per_s"], r["speedup"], r["speedup_vs_cleanrl"]],
+           ["plain baseline (1 env, uniform, dueling double Q, fp32 eager)", r["baseline_steps_per_s"],
+            spread("baseline_steps_per_s"), 4 * r["baseline_steps_per_s"], 1.0, ""],
+           ["cleanrl baseline (1 env, uniform, DQN max target, fp32 eager)", r["cleanrl_steps_per_s"],
+            spread("cleanrl_steps_per_s"), 4 * r["cleanrl_steps_per_s"], "", 1.0]])
+    for key, name in (("speedup", "plain"), ("speedup_vs_cleanrl", "cleanrl")):
+        low, high = r[f"{key}_range"]
+        print(f"ratio to {name} within each round: {low:.2f}-{high:.2f}")
 
 
 def main(argv=None) -> dict:
@@ -93,7 +114,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-threads", type=int, default=2)
     parser.add_argument("--replay-ratio", type=float, default=8.0)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="fastdqn's precision (the baselines are fp32); auto: bf16 only where the hardware has it")
     parser.add_argument("--warmup-steps", type=int, default=2_000)
     parser.add_argument("--measure-steps", type=int, default=2_000, help="fastdqn agent steps timed per round")
     parser.add_argument("--baseline-steps", type=int, default=500, help="baseline agent steps timed per round")

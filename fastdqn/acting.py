@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 import torch
+
+from fastdqn.hardware import autocast
 
 
 def linear_two_phase(step: int, start: float, mid: float, mid_steps: int, final: float, final_steps: int) -> float:
@@ -29,16 +30,13 @@ def epsilon_at(cfg, step: int) -> float:
     return linear_two_phase(step, cfg.eps_start, cfg.eps_mid, cfg.eps_mid_steps, cfg.eps_final, cfg.eps_final_steps)
 
 
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def select_actions(q_network, obs: np.ndarray, epsilon: float, num_actions: int, rng: np.random.Generator,
                    device: torch.device, precision: str = "fp32") -> np.ndarray:
-    """Greedy actions from one batched forward, each replaced by a random one with prob. epsilon."""
+    """Greedy actions from one batched forward, each replaced by a random one with prob. epsilon.
+
+    ``precision`` is a resolved one (fp32 | bf16); Q and its argmax are fp32 either way.
+    """
     batch = len(obs)
     explore = rng.random(batch) < epsilon
     actions = rng.integers(0, num_actions, batch)

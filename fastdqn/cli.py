@@ -2,8 +2,10 @@
 
   fastdqn train --preset cartpole          solve CartPole-v1 in a couple of minutes
   fastdqn train --preset breakout-cpu      Breakout on a small CPU (60 minutes)
-  fastdqn eval runs/cartpole/checkpoint.pt full-game evaluation of a checkpoint
-  fastdqn plot runs/cartpole               learning-curve PNG from the run's logs
+  fastdqn eval RUN_DIR --video game.mp4    full-game evaluation of a run's checkpoint
+  fastdqn push RUN_DIR --repo-id USER/NAME share it on the Hugging Face Hub; fastdqn eval hf://USER/NAME
+  fastdqn plot RUN_DIR                     learning-curve PNG from the run's logs
+  fastdqn presets | fastdqn envs           what the presets set; the games
   fastdqn bench all                        the frames-per-second tables
 """
 
@@ -13,6 +15,7 @@ import argparse
 import importlib
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 BENCHMARKS = ("env", "collect", "replay", "gather", "learner", "train")
@@ -23,8 +26,9 @@ def _train(args: argparse.Namespace) -> int:
     from fastdqn.train import TrainingDiverged, train
 
     if getattr(args, "TrainConfig.resume"):
-        run_dir = getattr(args, "TrainConfig.run_dir") or (
-            config_lib.PRESETS[args.preset]["run_dir"] if args.preset else config_lib.TrainConfig.run_dir)
+        run_dir = getattr(args, "TrainConfig.run_dir")
+        if not run_dir:
+            raise ValueError("--resume needs --run-dir: the directory of the run to continue")
         cfg = config_lib.resume_config(run_dir, args)
     else:
         cfg = config_lib.from_arguments(args)
@@ -38,22 +42,59 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from fastdqn import checkpoint
-    from fastdqn.config import config_from_dict
     from fastdqn.evaluate import evaluate
+    from fastdqn.hub import load_agent
     from fastdqn.train import build_learner, resolve_device
+    from fastdqn.video import GameRecorder, real_time_fps
 
-    state = checkpoint.load(args.checkpoint)
-    cfg = config_from_dict(state["config"])
+    cfg, obs_shape, num_actions, weights = load_agent(args.checkpoint)
     device = resolve_device(args.device)
-    learner = build_learner(cfg, tuple(state["obs_shape"]), state["num_actions"], device)
-    learner.load_state_dict(state["learner"])
+    learner = build_learner(cfg, obs_shape, num_actions, device)
+    learner.q_network.load_state_dict(weights)
+    recording = GameRecorder(args.video, real_time_fps(cfg.env)) if args.video else None
     result = evaluate(learner.q_network, cfg.env, episodes=args.episodes, epsilon=args.eps,
-                      max_steps=args.max_steps, device=device, precision=cfg.precision, seed=args.seed,
-                      gif_path=args.gif)
+                      max_steps=args.max_steps, device=device, precision=learner.precision, seed=args.seed,
+                      gif_path=args.gif, recorder=recording)
+    if recording is not None:
+        recording.close()
+        result["video"] = str(args.video)
     if args.gif:
         result["gif"] = str(args.gif)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from fastdqn import hub
+
+    if args.local_dir:
+        print(f"wrote {hub.export(args.run_dir, args.local_dir, args.repo_id)} (nothing uploaded)")
+    else:
+        print(hub.push(args.run_dir, args.repo_id, private=args.private))
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from fastdqn.config import PRESETS, preset_flags
+
+    for name in sorted(PRESETS):
+        # a no-break space keeps each flag on one line with its value
+        flags = " ".join(flag.replace(" ", "\xa0") for flag in preset_flags(name))
+        print(f"{name}:")
+        print(textwrap.fill(flags, width=100, initial_indent="  ", subsequent_indent="  ",
+                            break_on_hyphens=False).replace("\xa0", " "))
+    print("\nfastdqn train --preset NAME [flags]: flags given on the command line win over the preset's")
+    return 0
+
+
+def _envs(args: argparse.Namespace) -> int:
+    from envpool.registration import registry
+
+    kinds = {"envpool.atari": "Atari (frame skip 4, 84x84 grey, stacked 4)", "envpool.classic_control": "classic control"}
+    for module, title in kinds.items():
+        names = sorted(task for task, spec in registry.specs.items() if spec[0] == module)
+        print(f"{title}, {len(names)} tasks:")
+        print(textwrap.fill(" ".join(names), width=100, initial_indent="  ", subsequent_indent="  "))
     return 0
 
 
@@ -93,13 +134,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
 
     p = sub.add_parser("eval", help="full-game evaluation of a checkpoint (no episodic life, real scores)")
-    p.add_argument("checkpoint", help="path to a checkpoint.pt")
+    p.add_argument("checkpoint", help="a checkpoint.pt, a run directory, a folder written by fastdqn push "
+                                      "--local-dir, or hf://USER/NAME (needs the hub extra)")
     p.add_argument("--episodes", type=int, default=10, help="games to play (one per env)")
     p.add_argument("--eps", type=float, default=0.01, help="evaluation epsilon")
     p.add_argument("--max-steps", type=int, default=27_000, help="agent steps at most per game")
     p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation envs")
     p.add_argument("--gif", type=Path, default=None, help="write env 0's game as a GIF (Atari)")
+    p.add_argument("--video", type=Path, default=None, help="record env 0's game as an MP4 in RGB at real speed "
+                                                          "(needs the video extra)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+
+    p = sub.add_parser("push", help="share a trained agent on the Hugging Face Hub (weights, config, scores, "
+                                    "learning curve, video, model card)")
+    p.add_argument("run_dir", help="a run directory (checkpoint.pt, summary.json)")
+    p.add_argument("--repo-id", required=True, help="USER/NAME of the Hub model repository (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--local-dir", type=Path, default=None,
+                   help="write the folder that would be uploaded here, and upload nothing")
+
+    sub.add_parser("presets", help="each preset and the flags it sets")
+    sub.add_parser("envs", help="EnvPool's Atari and classic-control tasks")
 
     p = sub.add_parser("plot", help="learning-curve PNG from a run directory")
     p.add_argument("run_dir", help="a run directory (TensorBoard events)")
@@ -117,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    commands = {"train": _train, "eval": _eval, "plot": _plot, "bench": lambda a: _bench(a, rest)}
+    commands = {"train": _train, "eval": _eval, "push": _push, "presets": _presets, "envs": _envs, "plot": _plot,
+                "bench": lambda a: _bench(a, rest)}
     try:
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
@@ -125,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:
         from fastdqn.checkpoint import CheckpointError
+        from fastdqn.extras import MissingExtra
 
-        if isinstance(exc, CheckpointError):
+        if isinstance(exc, (CheckpointError, MissingExtra)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastdqn.envs import EnvConfig
 from fastdqn.envs import validate as validate_env
@@ -22,7 +25,9 @@ def _f(default, help, **kw):
 class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     # --- run
-    run_dir: str = _f("runs/run", "directory for TensorBoard events, summary.json and checkpoints")
+    run_dir: str = _f("", "directory for TensorBoard events, summary.json and checkpoints; default: a new "
+                      "runs/{env_id}__{exp_name}__{seed}__{date-time}")
+    exp_name: str = _f("", "experiment name in the default run directory and in W&B; default: the preset's name, else dqn")
     seed: int = _f(0, "seed of torch, NumPy and the replay sampler (the env pool's own seed is --env-seed)")
     device: str = _f("auto", "auto, cpu or cuda")
     torch_threads: int = _f(0, "CPU threads for torch; 0 = auto (1 for small MLPs, where more threads only add overhead; all cores for the CNN)")
@@ -53,7 +58,11 @@ class TrainConfig:
     max_grad_norm: float = _f(10.0, "gradient-norm clip; 0 = off")
     target_update_period: int = _f(2000, "hard target copy every this many learner updates (ignored when tau > 0)")
     tau: float = _f(0.0, "Polyak target update factor per learner update; 0 = hard copies")
-    precision: str = _f("bf16", "fp32 or bf16 (autocast; fp32 master weights and targets)", choices=("fp32", "bf16"))
+    precision: str = _f(
+        "auto", "auto, fp32 or bf16. auto: bf16 where the hardware computes in it (a CUDA GPU of compute "
+        "capability >= 8.0, a CPU with avx512_bf16 or AMX) for the CNN, fp32 elsewhere: on CPUs without bf16 "
+        "instructions torch emulates it and a bf16 update runs 3-20x slower. bf16 covers the trunk; weights, "
+        "Q-values, argmaxes, targets and TD errors stay fp32", choices=("auto", "fp32", "bf16"))
     compile: bool = _f(False, "torch.compile the update")
     cuda_graph: bool = _f(True, "on a GPU, capture updates_per_graph updates as one CUDA graph")
     updates_per_graph: int = _f(4, "updates per CUDA-graph replay (GPU only)")
@@ -77,13 +86,20 @@ class TrainConfig:
     resume: bool = _f(False, "continue from run_dir/checkpoint.pt")
     target_score: float = _f(float("inf"), "stop once an evaluation mean reaches this")
     max_minutes: float = _f(0.0, "stop (with a final eval and checkpoint) after this many minutes; 0 = no limit")
+    # --- what a run shows: progress bar, Weights & Biases, videos
+    progress_interval: float = _f(0.0, "seconds between progress updates; 0 = 1 s on a terminal, 30 s otherwise (plain lines)")
+    track: bool = _f(False, "also log to Weights & Biases: the config, the same scalars as TensorBoard, the videos "
+                            "(needs pip install 'fastdqn[track]'; WANDB_MODE=offline logs without a network)")
+    wandb_project: str = _f("fastdqn", "W&B project (with --track)")
+    wandb_entity: str = _f("", "W&B entity, a user or team (with --track); default: W&B's default")
+    capture_video: bool = _f(False, "record the first game of every evaluation as an MP4 in the game's RGB frames at "
+                                    "real speed: RUN_DIR/videos/, TensorBoard and W&B (needs pip install 'fastdqn[video]')")
 
 
 PRESETS: dict[str, dict] = {
     # CartPole-v1: an MLP, small replay, fast Polyak targets; solves (eval 500) in about a minute.
     "cartpole": dict(
         env=dict(env_id="CartPole-v1", num_envs=4),
-        run_dir="runs/cartpole",
         total_steps=60_000,
         buffer_size=50_000,
         learning_starts=2_000,
@@ -95,7 +111,6 @@ PRESETS: dict[str, dict] = {
         lr=5e-4,
         max_grad_norm=10.0,
         tau=0.01,
-        precision="fp32",
         eps_mid=0.05,
         eps_mid_steps=10_000,
         eps_final=0.01,
@@ -111,12 +126,11 @@ PRESETS: dict[str, dict] = {
     # Breakout, the published-style setting for a GPU: 10M steps, replay ratio 8.
     "breakout": dict(
         env=dict(env_id="Breakout-v5", num_envs=16),
-        run_dir="runs/breakout",
     ),
-    # Breakout on a small CPU (2 cores): fewer updates per step, faster exploration, bf16.
+    # Breakout on a small CPU (2 cores): fewer updates per step, faster exploration; precision
+    # auto (bf16 only on CPUs with bf16 instructions).
     "breakout-cpu": dict(
         env=dict(env_id="Breakout-v5", num_envs=16, num_threads=2),
-        run_dir="runs/breakout-cpu",
         total_steps=3_000_000,
         buffer_size=300_000,
         learning_starts=20_000,
@@ -125,7 +139,6 @@ PRESETS: dict[str, dict] = {
         n_step=3,
         lr=2.5e-4,
         target_update_period=1000,
-        precision="bf16",
         eps_mid=0.1,
         eps_mid_steps=150_000,
         eps_final=0.01,
@@ -146,43 +159,67 @@ def _env_flag(name: str) -> str:
     return _flag({"seed": "env_seed", "batch_size": "env_batch_size"}.get(name, name))
 
 
-def _add_fields(parser: argparse.ArgumentParser, cls, flag_of) -> None:
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(f.type) or f.name == "env":
-            continue
-        kwargs = dict(dest=f"{cls.__name__}.{f.name}", default=None, help=f.metadata.get("help", ""))
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if isinstance(default, bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = type(default)
-            kwargs["metavar"] = type(default).__name__.upper()
-            if "choices" in f.metadata:
-                kwargs["choices"] = f.metadata["choices"]
+# `fastdqn train --help` shows the TrainConfig flags in these groups, in this order (the env's
+# flags come first, as "environment"); tests/test_config_cli.py checks that each field is in one.
+HELP_GROUPS: dict[str, tuple[str, ...]] = {
+    "run": ("exp_name", "run_dir", "seed", "total_steps", "max_minutes", "target_score"),
+    "replay": ("buffer_size", "learning_starts", "batch_size", "replay_ratio", "n_step", "per_alpha", "per_beta0",
+               "per_eps"),
+    "learner": ("gamma", "dueling", "hidden", "double_q", "loss", "optimizer", "lr", "adam_eps", "max_grad_norm",
+                "target_update_period", "tau"),
+    "exploration": ("eps_schedule", "eps_start", "eps_mid", "eps_mid_steps", "eps_final", "eps_final_steps",
+                    "eps_decay_steps"),
+    "evaluation": ("eval_interval", "eval_episodes", "eval_max_steps", "eval_eps", "final_eval", "capture_video"),
+    "logging": ("log_interval", "progress_interval", "track", "wandb_project", "wandb_entity"),
+    "checkpoints": ("checkpoint_interval", "save_replay", "resume"),
+    "hardware": ("device", "torch_threads", "replay_device", "precision", "compile", "cuda_graph", "updates_per_graph"),
+}
+
+
+def _add_field(parser, cls, f: dataclasses.Field, flag_of) -> None:
+    kwargs = dict(dest=f"{cls.__name__}.{f.name}", default=None, help=f.metadata.get("help", ""))
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if isinstance(default, bool):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif "choices" in f.metadata:  # argparse shows them as {a,b,c}
+        kwargs.update(type=type(default), choices=f.metadata["choices"])
+    else:
+        kwargs.update(type=type(default), metavar=type(default).__name__.upper())
+    if default != "":  # an empty default is explained by the help itself
         kwargs["help"] += f" (default: {default})"
-        parser.add_argument(flag_of(f.name), **kwargs)
+    parser.add_argument(flag_of(f.name), **kwargs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a named set of settings")
-    _add_fields(parser.add_argument_group("environment"), EnvConfig, _env_flag)
-    _add_fields(parser.add_argument_group("training"), TrainConfig, _flag)
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a named set of settings "
+                        "(fastdqn presets lists what each sets)")
+    environment = parser.add_argument_group("environment")
+    for f in dataclasses.fields(EnvConfig):
+        _add_field(environment, EnvConfig, f, _env_flag)
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "env"}
+    grouped = {name for names in HELP_GROUPS.values() for name in names}
+    groups = {**HELP_GROUPS, "other": tuple(name for name in fields if name not in grouped)}
+    for title, names in groups.items():
+        group = parser.add_argument_group(title)
+        for name in names:
+            _add_field(group, TrainConfig, fields[name], _flag)
 
 
 def from_arguments(args: argparse.Namespace) -> TrainConfig:
-    overrides = dict(PRESETS[args.preset]) if args.preset else {}
-    env_overrides = dict(overrides.pop("env", {}))
+    overrides: dict = {}
+    env_overrides: dict = {}
     for key, value in vars(args).items():
         if value is None or "." not in key:
             continue
         owner, name = key.split(".", 1)
         (env_overrides if owner == "EnvConfig" else overrides)[name] = value
-    return make_config(env=env_overrides, **overrides)
+    return make_config(args.preset, env=env_overrides, **overrides)
 
 
 def make_config(preset: str | None = None, env: dict | None = None, **overrides) -> TrainConfig:
     """A TrainConfig from a preset name plus overrides (env options in ``env``)."""
     base = dict(PRESETS[preset]) if preset else {}
+    base["exp_name"] = preset or "dqn"
     env_options = {**base.pop("env", {}), **(env or {})}
     cfg = TrainConfig(env=EnvConfig(**env_options), **{**base, **overrides})
     validate(cfg)
@@ -241,3 +278,57 @@ def validate(cfg: TrainConfig) -> None:
 
 def to_dict(cfg: TrainConfig) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def run_name(cfg: TrainConfig, when: float | None = None) -> str:
+    """{env_id}__{exp_name}__{seed}__{date-time}, as CleanRL and rl-zoo name runs."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    return f"{cfg.env.env_id}__{cfg.exp_name or 'dqn'}__{cfg.seed}__{stamp}".replace("/", "-")
+
+
+def new_run_dir(cfg: TrainConfig, parent: str | Path = "runs") -> Path:
+    """A run directory that did not exist before: runs/<run_name>, with -2, -3, ... appended when
+    another run started in the same second."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    base = Path(parent) / run_name(cfg)
+    for attempt in itertools.count(1):
+        path = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            path.mkdir()  # atomic: two runs never get the same directory
+            return path
+        except FileExistsError:
+            continue
+
+
+# Fields that say where and how a run is watched, not what it trains: left out of the command
+# that reproduces a run.
+_NOT_REPRODUCED = {"run_dir", "resume", "track", "wandb_project", "wandb_entity", "capture_video",
+                   "progress_interval", "exp_name"}
+
+
+def command_line(cfg: TrainConfig) -> str:
+    """The `fastdqn train` command that trains this config: the preset it was made from (when
+    its exp_name names one) and every flag that differs from what that gives."""
+    preset = cfg.exp_name if cfg.exp_name in PRESETS else None
+    base = make_config(preset)
+    words = ["fastdqn", "train"] + (["--preset", preset] if preset else [])
+    for owner, reference, flag_of in ((cfg.env, base.env, _env_flag), (cfg, base, _flag)):
+        for f in dataclasses.fields(owner):
+            value = getattr(owner, f.name)
+            if f.name == "env" or f.name in _NOT_REPRODUCED or value == getattr(reference, f.name):
+                continue
+            words += _flag_words(f.name, value, flag_of)
+    return " ".join(words)
+
+
+def preset_flags(name: str) -> list[str]:
+    """What a preset sets, as the flags that would set it: ["--env-id CartPole-v1", ...]."""
+    preset = dict(PRESETS[name])
+    flags = [" ".join(_flag_words(key, value, _env_flag)) for key, value in preset.pop("env", {}).items()]
+    return flags + [" ".join(_flag_words(key, value, _flag)) for key, value in preset.items()]
+
+
+def _flag_words(name: str, value, flag_of) -> list[str]:
+    if isinstance(value, bool):
+        return [flag_of(name) if value else flag_of("no_" + name)]
+    return [flag_of(name), str(value)]

@@ -135,10 +135,12 @@ class VecEnv:
     """An EnvPool pool (sync when batch_size == num_envs, else async) with true scores.
 
     ``reset()`` and ``step(actions)`` both return an ``EnvStep``; ``actions`` are aligned
-    with the ``env_ids`` of the previous ``EnvStep``.
+    with the ``env_ids`` of the previous ``EnvStep``. With ``render=True``, ``render(env_id)``
+    returns that env's current screen in RGB (Atari 210x160, CartPole 400x600); it does not
+    change what the envs do.
     """
 
-    def __init__(self, cfg: EnvConfig):
+    def __init__(self, cfg: EnvConfig, render: bool = False):
         import envpool
 
         validate(cfg)
@@ -161,6 +163,8 @@ class VecEnv:
                 frame_skip=cfg.frame_skip,
                 stack_num=cfg.stack_num,
             )
+        if render:
+            kwargs["render_mode"] = "rgb_array"
         self.env = envpool.make(cfg.env_id, **kwargs)
         self.num_envs = cfg.num_envs
         self.batch_size = cfg.batch_size or cfg.num_envs
@@ -218,8 +222,24 @@ class VecEnv:
             episode_lengths=ep_len,
         )
 
+    def render(self, env_id: int) -> np.ndarray:
+        return self.env.render(env_ids=[env_id])[0]
+
     def close(self) -> None:
         self.env.close()
+
+
+def describe_protocol(cfg: EnvConfig) -> str:
+    """The evaluation protocol in words, for model cards and reports."""
+    if not is_atari(cfg.env_id):
+        return f"{cfg.env_id} (EnvPool classic control), episodes capped at the task's own limit"
+    sticky = (f"sticky actions p={cfg.repeat_action_probability:g}" if cfg.repeat_action_probability
+              else "v4-style (DQN/Atari NoFrameskip-v4 settings)")
+    return (f"{sticky}: frame skip {cfg.frame_skip}, up to {cfg.noop_max} no-op starts, "
+            f"{cfg.max_episode_steps:,} agent steps ({cfg.max_episode_steps * cfg.frame_skip:,} frames) at most "
+            f"per game; training {'with' if cfg.episodic_life else 'without'} episodic life and "
+            f"{'with' if cfg.reward_clip else 'without'} reward clipping; evaluation on full games "
+            "(all lives) with unclipped scores")
 
 
 def make_env(cfg: EnvConfig, evaluation: bool = False, **overrides) -> VecEnv:

@@ -2,11 +2,13 @@
 
 Each of ``episodes`` envs plays exactly one game and its first game is the one counted, so
 short games are not over-represented. Optionally the game of env 0 is saved as a GIF made
-of the agent's own 84x84 observations (Atari only).
+of the agent's own 84x84 observations (Atari only), and recorded in RGB by a ``GameRecorder``
+(rendering does not change the games, so the scores are the same with or without it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,14 +17,17 @@ import torch
 
 from fastdqn.acting import select_actions
 from fastdqn.envs import EnvConfig, VecEnv
+from fastdqn.video import GameRecorder, write_gif
 
 
 def evaluate(q_network, env_cfg: EnvConfig, *, episodes: int, epsilon: float, max_steps: int,
              device: torch.device, precision: str = "fp32", seed: int = 12345,
-             gif_path: str | Path | None = None) -> dict:
+             gif_path: str | Path | None = None, recorder: GameRecorder | None = None,
+             on_game_end: Callable[[int, int, float], None] | None = None) -> dict:
+    """``on_game_end(games_done, episodes, mean_so_far)`` is called as games finish."""
     cfg = env_cfg.for_evaluation(num_envs=episodes, seed=seed)
     cfg = replace(cfg, max_episode_steps=min(cfg.max_episode_steps, max_steps), num_threads=0)
-    env = VecEnv(cfg)
+    env = VecEnv(cfg, render=recorder is not None)
     rng = np.random.default_rng(seed)
     returns = np.full(episodes, np.nan)
     lengths = np.zeros(episodes, np.int64)
@@ -35,10 +40,15 @@ def evaluate(q_network, env_cfg: EnvConfig, *, episodes: int, epsilon: float, ma
             rows = np.flatnonzero(step.env_ids == 0)
             if len(rows):
                 frames.append(step.obs[rows[0], -1])
+        if recorder is not None and np.isnan(returns[0]) and 0 in step.env_ids:
+            recorder.add(env.render(0))
         for i in np.flatnonzero(step.game_over):
             e = step.env_ids[i]
             if np.isnan(returns[e]):
                 returns[e], lengths[e] = step.episode_returns[i], step.episode_lengths[i]
+                if on_game_end is not None:
+                    done = ~np.isnan(returns)
+                    on_game_end(int(done.sum()), episodes, float(returns[done].mean()))
         actions = select_actions(q_network, step.obs, epsilon, env.num_actions, rng, device, precision)
         step = env.step(actions)
     env.close()
@@ -52,11 +62,3 @@ def evaluate(q_network, env_cfg: EnvConfig, *, episodes: int, epsilon: float, ma
         "mean_length": float(lengths.mean()),
         "episodes": episodes,
     }
-
-
-def write_gif(path: str | Path, frames: list[np.ndarray], scale: int = 2, fps: int = 30) -> None:
-    import imageio.v2 as imageio
-
-    big = [np.kron(f, np.ones((scale, scale), np.uint8)) for f in frames]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimsave(path, big, duration=1000 / fps, loop=0)

@@ -15,15 +15,20 @@ Per-sample losses (delta = prediction - target):
     mse           0.5 delta^2   (the 1/2 makes all three agree near 0: gradient delta)
     pseudo_huber  sqrt(delta^2 + 1) - 1
 
-Mixed precision (precision="bf16"): the three network forwards run under bf16 autocast;
-the weights, optimizer state, Q(s,a), the target y, the loss and |TD| stay fp32.
+Precision: "auto" (the default of the CLI) resolves to bf16 only where the hardware
+computes in it (fastdqn/hardware.py), fp32 elsewhere. With bf16, the three network
+forwards run under bf16 autocast up to the head's hidden layer; the head's output layers
+and the dueling combination are fp32 (networks.py), so Q(s, .), both argmaxes, the target
+y, delta, the loss and |TD| are fp32, as are the weights and the optimizer state.
 
 Execution paths (same numerics, same code for the update itself):
 - CPU: eager by default; ``compile=True`` wraps the loss (three forwards + loss, and so
-  its backward) in torch.compile; Adam is the fused CPU kernel either way. On the
-  2-core Zen4 of the design notes, bf16 is the win (about 1.7-1.8x fp32 at batch 32,
-  2.5x at 256); compiling adds little to bf16 and costs seconds of warm-up
-  (bench/learner.py measures all of it).
+  its backward) in torch.compile; Adam is the fused CPU kernel either way. Two process
+  settings that cost nothing in numbers: conv nets run channels_last (oneDNN's weight
+  gradient of the first conv is ~6x faster so), and glibc keeps freed blocks mapped
+  (hardware.keep_freed_memory: no page faults on each update's fresh activations and
+  gradients). bench/learner.py measures every path; docs/learner-profile.md has the
+  profile before and after.
 - CUDA, ``cuda_graph=True``: :meth:`Learner.update_many` captures K = updates_per_graph
   consecutive updates on K pre-sampled batches into one CUDA graph and replays it; see
   ``_capture`` for what must live in device tensors.
@@ -36,7 +41,6 @@ device->host copy per call; the caller calls ``float()``/``.numpy()`` only when 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,6 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from fastdqn import hardware
+from fastdqn.networks import cast_trunk
 
 __all__ = ["Learner", "BATCH_FIELDS"]
 
@@ -140,7 +147,9 @@ class Learner:
         double_q: double-DQN target (default) or the plain max over the target net.
         target_update_period: hard copy every C updates (used when tau == 0).
         tau: > 0 selects Polyak averaging every update instead of hard copies.
-        precision: "fp32" or "bf16" (autocast for the forwards, fp32 master weights).
+        precision: "auto", "fp32" or "bf16" (autocast for the trunk, fp32 master weights and
+            Q-values); "auto" picks bf16 only where the hardware computes in it.
+            ``precision`` holds the resolved choice, ``precision_choice`` also why.
         compile: torch.compile the loss (eager paths; a CUDA graph captures the plain code).
         cuda_graph: capture ``updates_per_graph`` updates in one CUDA graph (CUDA only).
         updates_per_graph: K, the number of batches :meth:`update_many` takes on the graph.
@@ -150,13 +159,11 @@ class Learner:
     def __init__(self, q_network: nn.Module, *, lr: float = 1e-4, optimizer: str = "adam",
                  adam_eps: float = 1.5e-4, loss: str = "huber",
                  max_grad_norm: float | None = 10.0, double_q: bool = True,
-                 target_update_period: int = 8000, tau: float = 0.0, precision: str = "fp32",
+                 target_update_period: int = 8000, tau: float = 0.0, precision: str = "auto",
                  compile: bool = False, cuda_graph: bool = False, updates_per_graph: int = 4,
                  device: str | torch.device | None = None):
         if loss not in _LOSSES:
             raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"tau must be in [0, 1], got {tau}")
         if tau == 0.0 and target_update_period < 1:
@@ -169,7 +176,15 @@ class Learner:
         if updates_per_graph < 1:
             raise ValueError("updates_per_graph must be >= 1")
 
+        conv_net = any(isinstance(m, nn.Conv2d) for m in q_network.modules())
+        self.precision_choice = hardware.resolve_precision(precision, self.device,
+                                                            conv_net=conv_net)
+        precision = self.precision_choice.name
         self.q_network = q_network.to(self.device)
+        if self.device.type == "cpu":
+            hardware.keep_freed_memory()
+            if conv_net:  # NatureCNN follows its weights' memory format with its input
+                self.q_network.to(memory_format=torch.channels_last)
         self.target_network = copy.deepcopy(self.q_network).requires_grad_(False)
         self.loss_kind = loss
         self.max_grad_norm = max_grad_norm or None
@@ -195,7 +210,7 @@ class Learner:
         # each sync. Identical numbers: the same fp32 -> bf16 rounding, done once.
         self._target_bf16: nn.Module | None = None
         if precision == "bf16" and self.tau == 0.0 and not self._is_cuda:
-            self._target_bf16 = copy.deepcopy(self.target_network).to(torch.bfloat16)
+            self._target_bf16 = cast_trunk(self.target_network, torch.bfloat16)
 
         self._loss_fn = self._td_loss
         if compile:
@@ -230,11 +245,7 @@ class Learner:
 
     def autocast(self):
         """The precision context of this learner's forwards (also right for acting)."""
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        # Autocast's weight-cast cache may not be used inside a CUDA graph capture.
-        return torch.autocast(self.device.type, dtype=torch.bfloat16,
-                              cache_enabled=not self._is_cuda)
+        return hardware.autocast(self.device, self.precision)
 
     def set_lr(self, lr: float) -> None:
         """Change the learning rate; in place on CUDA, so captured graphs see it too."""

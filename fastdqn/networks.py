@@ -5,6 +5,12 @@ Both are a *torso* (features) followed by a *head* (Q-values). The head is eithe
 hidden layer is duplicated into a value stream V(s) and an advantage stream A(s, a),
 combined as Q = V + A - mean_a A, so that mean_a Q == V exactly.
 
+Precision: under bf16 autocast the torso and the head's hidden layer run in bf16, but the
+head's output layer(s) and the dueling combination run in fp32 on the (upcast) hidden
+features, so Q-values come out fp32. bf16 keeps ~8 significant bits: at Q ~ 10 its spacing
+is 0.0625, which would round most action gaps to ties (and argmax breaks ties toward
+action 0); computed in fp32 the gaps survive, and the output layers are tiny (hidden x A).
+
 Initialisation (both networks): orthogonal weights with gain sqrt(2) for every layer that
 feeds a ReLU, gain 1 for the output layers, zero biases. Orthogonal init keeps the
 activation scale steady through the stack for any width, which is why most modern
@@ -13,13 +19,14 @@ value-based Atari agents (PQN, CleanRL's PPO/PQN, Dopamine-style JAX agents) use
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["NatureCNN", "MLP", "QHead", "make_q_network"]
+__all__ = ["NatureCNN", "MLP", "QHead", "make_q_network", "cast_trunk"]
 
 _RELU_GAIN = math.sqrt(2.0)
 # torch >= 2.4 asks "is autocast on, and in which dtype" per device type; older versions
@@ -33,8 +40,18 @@ def _init_linear(layer: nn.Linear | nn.Conv2d, gain: float) -> nn.Module:
     return layer
 
 
+def _exact(output_layer: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    """``output_layer(hidden)`` in fp32 even under autocast (see the module docstring)."""
+    with torch.autocast(hidden.device.type, enabled=False):  # (.float() of fp32: a no-op)
+        return output_layer(hidden.float())
+
+
 class QHead(nn.Module):
-    """Features -> Q-values: ``hidden`` units then ``num_actions`` outputs, or dueling."""
+    """Features -> Q-values: ``hidden`` units then ``num_actions`` outputs, or dueling.
+
+    Each stream is ``Sequential(Linear, ReLU, Linear)``; the last Linear and the dueling
+    combination always run in fp32 (:func:`_exact`), so Q is fp32 under autocast too.
+    """
 
     def __init__(self, in_features: int, hidden: int, num_actions: int, dueling: bool = False):
         super().__init__()
@@ -53,11 +70,20 @@ class QHead(nn.Module):
         else:
             self.q = stream(num_actions)
 
+    def output_layers(self) -> list[nn.Linear]:
+        """The layers that stay fp32 (see the module docstring)."""
+        streams = (self.value, self.advantage) if self.dueling else (self.q,)
+        return [stream[2] for stream in streams]
+
+    @staticmethod
+    def _stream(stream: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
+        return _exact(stream[2], stream[1](stream[0](features)))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if not self.dueling:
-            return self.q(features)
-        advantage = self.advantage(features)
-        return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
+            return self._stream(self.q, features)
+        advantage = self._stream(self.advantage, features)  # fp32, and so is all that follows
+        return self._stream(self.value, features) + advantage - advantage.mean(dim=1, keepdim=True)
 
 
 class NatureCNN(nn.Module):
@@ -67,7 +93,7 @@ class NatureCNN(nn.Module):
     here so the replay and the actor can keep frames as bytes. Under autocast the bytes are
     converted straight to the autocast dtype (0..255 are exact in bf16), which saves an fp32
     copy of the batch; the division then rounds once, as the fp32 path rounds when the conv
-    casts its input.
+    casts its input. The learner runs it channels_last on the CPU (see forward).
     """
 
     def __init__(self, num_actions: int, in_channels: int = 4, hidden: int = 512,
@@ -88,10 +114,14 @@ class NatureCNN(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         device_type = obs.device.type
+        dtype = torch.float32
         if _DEVICE_AUTOCAST_API and torch.is_autocast_enabled(device_type):
-            x = obs.to(torch.get_autocast_dtype(device_type))
-        else:
-            x = obs.float()
+            dtype = torch.get_autocast_dtype(device_type)
+        # The input takes the weights' memory format: after net.to(memory_format=
+        # torch.channels_last) every conv runs channels_last with no reorder of its own.
+        memory_format = (torch.channels_last if self.torso[0].weight.is_contiguous(
+            memory_format=torch.channels_last) else torch.contiguous_format)
+        x = obs.to(dtype=dtype, memory_format=memory_format)
         return self.head(self.torso(x / 255.0))
 
 
@@ -144,3 +174,18 @@ def make_q_network(obs_shape: Sequence[int], num_actions: int, *, dueling: bool 
             hidden = (hidden,)
         return MLP(obs_shape[0], num_actions, hidden, dueling)
     raise ValueError(f"no Q-network for observations of shape {obs_shape}")
+
+
+def cast_trunk(q_network: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of ``q_network`` in ``dtype``, but for the head's output layers (kept fp32).
+
+    Under autocast it computes exactly what the fp32 network computes, minus the per-forward
+    casts of its weights: autocast would round them to ``dtype`` in the same way.
+    """
+    cast = copy.deepcopy(q_network)
+    keep = {id(layer) for module in cast.modules() if isinstance(module, QHead)
+            for layer in module.output_layers()}
+    for module in cast.modules():
+        if id(module) not in keep and not list(module.children()):  # the leaves
+            module.to(dtype)
+    return cast

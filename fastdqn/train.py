@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -19,14 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdqn import checkpoint
+from fastdqn import checkpoint, hardware
 from fastdqn.acting import epsilon_at, select_actions
-from fastdqn.config import TrainConfig, to_dict
+from fastdqn.config import TrainConfig, new_run_dir, to_dict
 from fastdqn.envs import VecEnv
 from fastdqn.evaluate import evaluate
 from fastdqn.learner import Learner
 from fastdqn.networks import make_q_network
+from fastdqn.progress import Progress
 from fastdqn.replay import PrioritizedReplay, ReplaySample
+from fastdqn.tracking import WandbTracker, require_wandb
+from fastdqn.video import GameRecorder, add_to_tensorboard, real_time_fps, require_encoder
 
 WARMUP_UPDATES = 20  # updates left out of learning_sps (compilation, allocator warm-up)
 
@@ -45,7 +49,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 class RunLog:
-    """TensorBoard scalars, the hyper-parameters, and summary.json (rewritten atomically)."""
+    """TensorBoard scalars, the hyper-parameters, and summary.json (rewritten atomically); the
+    same scalars, config and videos to Weights & Biases with --track."""
 
     def __init__(self, run_dir: Path, cfg: TrainConfig):
         from torch.utils.tensorboard import SummaryWriter
@@ -58,10 +63,23 @@ class RunLog:
         path = run_dir / "summary.json"
         if cfg.resume and path.exists():
             self.summary = {**json.loads(path.read_text()), "config": config}
+        self.tracker = None
+        if cfg.track:
+            self.tracker = WandbTracker(run_dir, config, project=cfg.wandb_project, entity=cfg.wandb_entity,
+                                        name=run_dir.name, run_id=self.summary.get("wandb_run_id"))
+            self.summary["wandb_run_id"] = self.tracker.run_id
 
     def scalars(self, step: int, values: dict) -> None:
         for key, value in values.items():
             self.writer.add_scalar(key, value, step)
+        if self.tracker is not None:
+            self.tracker.scalars(step, values)
+
+    def video(self, step: int, recording: GameRecorder) -> None:
+        """An evaluation game's MP4: a GIF preview of its start in TensorBoard, the whole in W&B."""
+        add_to_tensorboard(self.writer, "eval/video", recording.preview, recording.fps, step)
+        if self.tracker is not None:
+            self.tracker.video(step, "eval/video", recording.path)
 
     def write_summary(self, **fields) -> None:
         self.summary.update(fields)
@@ -71,6 +89,8 @@ class RunLog:
 
     def close(self) -> None:
         self.writer.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def build_learner(cfg: TrainConfig, obs_shape, num_actions: int, device: torch.device) -> Learner:
@@ -95,6 +115,12 @@ def build_learner(cfg: TrainConfig, obs_shape, num_actions: int, device: torch.d
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    if cfg.track:  # a missing extra is said before anything is built
+        require_wandb()
+    if cfg.capture_video:
+        require_encoder()
+    if not cfg.run_dir:  # runs/{env_id}__{exp_name}__{seed}__{date-time}, new
+        cfg = dataclasses.replace(cfg, run_dir=str(new_run_dir(cfg)))
     run_dir = Path(cfg.run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
     if not cfg.resume and ckpt_path.exists():
@@ -131,6 +157,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
               f"({'with' if replay_state else 'without'} replay)", file=sys.stderr)
 
     log = RunLog(run_dir, cfg)
+    precision = learner.precision_choice  # what "auto" became here, and why
+    print(f"{'warning: ' if precision.slow else ''}precision {precision.name}: {precision.reason}", file=sys.stderr)
+    log.summary.update(precision_used=precision.name, precision_reason=precision.reason,
+                       machine=hardware.machine(device))
+    log.writer.add_text("precision", f"{precision.name}: {precision.reason}", 0)
     frame_skip = cfg.env.frame_skip if env.atari else 1
     recent_returns: collections.deque = collections.deque(maxlen=20)
 
@@ -153,11 +184,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     train_sps=round(steps / max(wall, 1e-9), 1), updates=counters["updates"], device=str(device))
 
     def run_evaluation(final: bool = False) -> float:
-        result = evaluate(q_network, cfg.env, episodes=cfg.eval_episodes, epsilon=cfg.eval_eps,
-                          max_steps=cfg.eval_max_steps, device=device, precision=cfg.precision,
-                          seed=cfg.seed + 777 + counters["agent_steps"],
-                          gif_path=run_dir / "eval.gif" if final and env.atari else None)
         steps = counters["agent_steps"]
+        recording = (GameRecorder(run_dir / "videos" / f"eval-step{steps:09d}.mp4", real_time_fps(cfg.env))
+                     if cfg.capture_video else None)
+        result = evaluate(q_network, cfg.env, episodes=cfg.eval_episodes, epsilon=cfg.eval_eps,
+                          max_steps=cfg.eval_max_steps, device=device, precision=learner.precision,
+                          seed=cfg.seed + 777 + counters["agent_steps"],
+                          gif_path=run_dir / "eval.gif" if final and env.atari else None,
+                          recorder=recording, on_game_end=bar.evaluating)
+        if recording is not None:
+            recording.close()
+            log.video(steps, recording)
         counters["best_eval"] = max(counters["best_eval"], result["mean_return"])
         log.scalars(steps, {"eval/mean_return": result["mean_return"], "eval/std_return": result["std_return"],
                             "eval/mean_length": result["mean_length"]})
@@ -170,14 +207,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             evals=log.summary.get("evals", []) + [{"agent_steps": steps, "wall_seconds": wall,
                                                     "mean_return": result["mean_return"]}],
         )
-        print(f"eval at step {steps:,}: mean {result['mean_return']:.1f} ± {result['std_return']:.1f} "
-              f"over {result['episodes']} games ({wall / 60:.1f} min)", file=sys.stderr)
+        bar.write(f"eval at step {steps:,}: mean {result['mean_return']:.1f} ± {result['std_return']:.1f} "
+                  f"over {result['episodes']} games ({wall / 60:.1f} min)")
+        bar.evaluation_done()
         return result["mean_return"]
 
-    from tqdm import tqdm
+    bar = Progress(cfg.total_steps, counters["agent_steps"], enabled=progress, interval=cfg.progress_interval)
 
-    bar = tqdm(total=cfg.total_steps, initial=counters["agent_steps"], unit="step", disable=not progress,
-               dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    def show_progress() -> None:
+        steps = counters["agent_steps"]
+        bar.update(steps, np.mean(recent_returns) if recent_returns else None, epsilon_at(cfg, steps))
+
     start = time.time()
     interval = {"t": time.time(), "steps": counters["agent_steps"], "updates": counters["updates"],
                 "loss": torch.zeros(()), "q": torch.zeros(()), "td": torch.zeros(()), "n": 0}
@@ -204,7 +244,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             # The learner sees the same replay as it would after recv (the new obs are only
             # added at the top of the next iteration), and EnvPool answers every send with
             # exactly as many envs as it was sent, so the step count is known already.
-            actions = select_actions(q_network, step.obs, epsilon, env.num_actions, rng, device, cfg.precision)
+            actions = select_actions(q_network, step.obs, epsilon, env.num_actions, rng, device, learner.precision)
             last_action[step.env_ids] = actions
             env.send(actions)
             counters["agent_steps"] = agent_steps = agent_steps + len(actions)
@@ -241,7 +281,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 recent_returns.append(step.episode_returns[i])
                 log.scalars(agent_steps, {"charts/episodic_return": step.episode_returns[i],
                                           "charts/episodic_length": step.episode_lengths[i]})
-            bar.update(len(step.env_ids))
+            if bar.due():
+                show_progress()
 
             if agent_steps >= counters["next_log"]:
                 counters["next_log"] = agent_steps + cfg.log_interval
@@ -261,8 +302,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 log.scalars(agent_steps, values)
                 interval.update(t=now, steps=agent_steps, updates=counters["updates"], loss=torch.zeros(()),
                                 q=torch.zeros(()), td=torch.zeros(()), n=0)
-                score = f"{np.mean(recent_returns):.1f}" if recent_returns else "-"
-                bar.set_postfix_str(f"sps={sps:,.0f} score={score} eps={epsilon:.3f}", refresh=False)
 
             # (the last evaluation is the final one, below)
             if cfg.eval_interval and counters["next_eval"] <= agent_steps < cfg.total_steps:
@@ -282,8 +321,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
-        bar.close()
         env.close()
+    show_progress()
 
     if learning_since is not None:
         t0, s0 = learning_since
@@ -293,6 +332,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     save_checkpoint()
     log.write_summary(**progress_fields(), stop_reason=stop_reason)
     log.close()
+    bar.close()  # after the final evaluation, whose progress it shows
     print(f"{stop_reason}; checkpoint {ckpt_path}", file=sys.stderr)
     return log.summary
 

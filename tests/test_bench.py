@@ -26,15 +26,18 @@ def test_collect_bench_reports_pipeline_raw_and_baseline(capsys):
     assert "raw EnvPool" in capsys.readouterr().out
 
 
-def test_train_bench_runs_both_loops_at_the_same_replay_ratio(capsys):
+def test_train_bench_runs_all_loops_at_the_same_replay_ratio(capsys):
     result = train.main(["--quick", "--replay-ratio", "8"])
-    assert result["fastdqn_steps_per_s"] > 0 and result["baseline_steps_per_s"] > 0
+    for side in ("fastdqn", "baseline", "cleanrl"):
+        assert result[f"{side}_steps_per_s"] > 0
     assert result["baseline_replay_ratio"] == result["replay_ratio"] == 8
+    assert result["precision"] == "auto" and result["precision_used"] in ("fp32", "bf16")
     (only_round,) = result["per_round"]  # --quick: one round, so the medians are that round
-    assert result["speedup"] == only_round["fastdqn_steps_per_s"] / only_round["baseline_steps_per_s"]
-    assert result["speedup_range"] == [only_round["speedup"]] * 2
-    assert only_round["speedup"] == only_round["fastdqn_steps_per_s"] / only_round["baseline_steps_per_s"]
-    assert "plain baseline" in capsys.readouterr().out
+    for key, base in (("speedup", "baseline"), ("speedup_vs_cleanrl", "cleanrl")):
+        assert result[key] == only_round["fastdqn_steps_per_s"] / only_round[f"{base}_steps_per_s"]
+        assert result[f"{key}_range"] == [only_round[key]] * 2
+    out = capsys.readouterr().out
+    assert "plain baseline" in out and "cleanrl baseline" in out and "flags:" in out
 
 
 def test_fastdqn_bench_command_dispatches_and_writes_json(tmp_path):

@@ -45,3 +45,36 @@ def test_cli_help_and_bad_input_exit_cleanly(tmp_path):
     assert out.returncode == 2 and "Did you mean" in out.stderr and "Traceback" not in out.stderr
     out = run("eval", str(tmp_path / "nothing.pt"))
     assert out.returncode == 2 and "no checkpoint" in out.stderr
+
+
+def test_default_run_dirs_are_named_like_cleanrl_and_never_shared(tmp_path):
+    import dataclasses
+    import re
+
+    from fastdqn.config import HELP_GROUPS, TrainConfig, new_run_dir
+
+    cfg = parse("--preset", "cartpole", "--seed", "3")
+    assert cfg.run_dir == "" and cfg.exp_name == "cartpole" and parse().exp_name == "dqn"
+    assert parse("--preset", "cartpole", "--exp-name", "mine").exp_name == "mine"
+    dirs = [new_run_dir(cfg, tmp_path) for _ in range(3)]  # within one second
+    assert len(set(dirs)) == 3 and all(d.is_dir() for d in dirs)
+    assert re.fullmatch(r"CartPole-v1__cartpole__3__\d{8}-\d{6}", dirs[0].name)
+    assert [d.name[len(dirs[0].name):] for d in dirs] == ["", "-2", "-3"]
+    # every flag has its --help group
+    grouped = [name for names in HELP_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in dataclasses.fields(TrainConfig) if f.name != "env")
+
+
+def test_help_is_grouped_with_choices_shown_and_presets_and_envs_are_listed(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "fastdqn.cli", *a], capture_output=True, text=True)  # noqa: E731
+    out = run("train", "--help").stdout
+    titles = [line[:-1] for line in out.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert titles == ["options", "environment", "run", "replay", "learner", "exploration", "evaluation", "logging",
+                      "checkpoints", "hardware"]
+    assert "--loss {huber,mse,pseudo_huber}" in out
+    out = run("presets").stdout
+    assert "cartpole:\n  --env-id CartPole-v1 --num-envs 4 --total-steps 60000" in out
+    out = run("envs").stdout
+    assert "Breakout-v5" in out and "CartPole-v1" in out and "HalfCheetah" not in out
+    out = run("train", "--resume", "--preset", "cartpole")
+    assert out.returncode == 2 and out.stderr.strip() == "error: --resume needs --run-dir: the directory of the run to continue"

@@ -290,9 +290,10 @@ def test_bf16_update_stays_close_to_fp32():
     net = make_q_network((4, 84, 84), 6)
     learners = {p: Learner(copy.deepcopy(net), precision=p, device="cpu", lr=1e-4)
                 for p in ("fp32", "bf16")}
-    with learners["bf16"].autocast():  # bf16 really is in use
-        assert learners["bf16"].q_network(torch.zeros(1, 4, 84, 84, dtype=torch.uint8)).dtype \
-            == torch.bfloat16
+    bf16_net = learners["bf16"].q_network
+    with learners["bf16"].autocast():  # bf16 really is in use in the trunk, Q is fp32
+        assert bf16_net.torso(torch.zeros(1, 4, 84, 84)).dtype == torch.bfloat16
+        assert bf16_net(torch.zeros(1, 4, 84, 84, dtype=torch.uint8)).dtype == torch.float32
     batch = _atari_batch(32, seed=1)
     start = [p.detach().clone() for p in net.parameters()]
     out = {p: learner.update(batch) for p, learner in learners.items()}
@@ -389,13 +390,14 @@ def test_learner_bench_quick_path_reports_every_mode(tmp_path, capsys):
     assert json.loads(out.read_text()) == report
     assert report["benchmark"] == "learner" and report["device"] == "cpu"
     rows = {(r["batch_size"], r["mode"]): r for r in report["results"]}
-    assert set(rows) == {(4, "fp32-eager"), (4, "bf16-eager")}
+    assert set(rows) == {(4, "plain"), (4, "cleanrl"), (4, "fp32-eager"), (4, "bf16-eager")}
     for r in rows.values():
-        assert {"updates_per_s", "samples_per_s", "ms_per_update", "ratio_to_fp32_eager",
-                "warmup_s"} <= set(r)
+        assert {"updates_per_s", "samples_per_s", "ms_per_update", "ratio", "warmup_s"} <= set(r)
         assert len(r["rounds"]) >= 1 and all(x > 0 for x in r["rounds"])
-    assert rows[(4, "fp32-eager")]["ratio_to_fp32_eager"] == 1.0
-    assert "bf16-eager" in capsys.readouterr().out  # the table
+    assert report["ratio_to"] == "plain" and rows[(4, "plain")]["ratio"] == 1.0
+    table = capsys.readouterr().out
+    assert "bf16-eager" in table and "cleanrl" in table
+    assert "flags:" in table  # the CPU's vector / bf16 flags are printed with the figures
 
 
 def test_bf16_target_kept_cast_gives_the_same_numbers_as_casting_every_time():

@@ -111,7 +111,7 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
     results = []
     for batch_size in batch_sizes:
         torch.manual_seed(0)
-        net = make_q_network((4, 84, 84), NUM_ACTIONS)
+        net = make_q_network((4, 84, 84), NUM_ACTIONS, dueling=True)
         batches = random_batches(updates_per_graph, batch_size)
         learners, warmup = {}, {}
         for mode in modes:
@@ -158,7 +158,7 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
         "machine": machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "network": "NatureCNN (4,84,84) uint8, 6 actions; Adam, Huber, double Q",
+        "network": "dueling NatureCNN (4,84,84) uint8, 6 actions; Adam, Huber, double Q",
         "ratio_to": base_mode,
         "auto_precision": "{} ({})".format(*resolve_precision("auto", device)[:2]),
         "updates_per_graph": updates_per_graph,
@@ -182,7 +182,7 @@ def profile(batch_size: int = 32, modes=("plain", "fp32-eager"), updates: int = 
     device = torch.device(device)
     tuned = keep_freed_memory() if device.type == "cpu" else False
     torch.manual_seed(0)
-    net = make_q_network((4, 84, 84), NUM_ACTIONS)
+    net = make_q_network((4, 84, 84), NUM_ACTIONS, dueling=True)
     batches = random_batches(1, batch_size)
     report = {"batch_size": batch_size, "updates": updates, "allocator_tuned": tuned,
               "machine": machine(), "threads": torch.get_num_threads(), "modes": {}}

@@ -33,15 +33,20 @@ from fastdqn.hardware import keep_freed_memory
 from fastdqn.train import train
 
 
+# --algorithm cleanrl: fastdqn's loop running CleanRL's own update (like for like with the
+# cleanrl baseline): no dueling head, max over the target net, MSE, 1-step, uniform replay.
+ALGORITHMS = {"fastdqn": {}, "cleanrl": dict(dueling=False, double_q=False, loss="mse", n_step=1, per_alpha=0.0)}
+
+
 def fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size, precision, warmup_steps,
-                measure_steps, buffer_size, replay_device="numpy") -> dict:
+                measure_steps, buffer_size, replay_device="numpy", algorithm="fastdqn") -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = make_config(
             env=dict(env_id=game, num_envs=num_envs, batch_size=env_batch, num_threads=num_threads),
             run_dir=run_dir, total_steps=warmup_steps + measure_steps, learning_starts=warmup_steps,
             buffer_size=buffer_size, replay_ratio=replay_ratio, batch_size=batch_size, precision=precision,
             replay_device=replay_device, eval_interval=0, final_eval=False, checkpoint_interval=0,
-            log_interval=10**9,
+            log_interval=10**9, save_replay="never", **ALGORITHMS[algorithm],
         )
         summary = train(cfg, progress=False)
     return {"steps_per_s": summary["learning_sps"], "updates": summary["updates"],
@@ -50,7 +55,7 @@ def fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size
 
 def run(game="Breakout-v5", num_envs=16, env_batch=0, num_threads=2, replay_ratio=8.0, batch_size=32,
         precision="auto", warmup_steps=2_000, measure_steps=2_000, baseline_steps=500, buffer_size=100_000,
-        rounds=3, replay_device="numpy", show_progress=True) -> dict:
+        rounds=3, replay_device="numpy", show_progress=True, algorithm="fastdqn") -> dict:
     """``measure_steps`` / ``baseline_steps`` are per round."""
     torch.set_num_threads(2)
     keep_freed_memory()  # set before any side runs (see the module docstring)
@@ -59,7 +64,7 @@ def run(game="Breakout-v5", num_envs=16, env_batch=0, num_threads=2, replay_rati
 
     def fastdqn():
         result = fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size, precision,
-                             warmup_steps, measure_steps, buffer_size, replay_device)
+                             warmup_steps, measure_steps, buffer_size, replay_device, algorithm)
         used["precision"] = result["precision_used"]
         return result["steps_per_s"]
 
@@ -75,7 +80,7 @@ def run(game="Breakout-v5", num_envs=16, env_batch=0, num_threads=2, replay_rati
         ("speedup_vs_cleanrl", "fastdqn_steps_per_s", "cleanrl_steps_per_s")], rounds, show_progress)
     return {
         "benchmark": "train", "game": game, "machine": machine(), "replay_ratio": replay_ratio,
-        "batch_size": batch_size, "precision": precision, "precision_used": used["precision"],
+        "batch_size": batch_size, "precision": precision, "precision_used": used["precision"], "algorithm": algorithm,
         "num_envs": num_envs, "env_batch": env_batch or num_envs,
         "replay_device": replay_device, "rounds": rounds, "measure_steps": measure_steps,
         "baseline_steps": baseline_steps, "baseline_replay_ratio": batch_size / train_every, **measured,
@@ -90,11 +95,13 @@ def report(r: dict) -> None:
         return f"{min(values):.1f}-{max(values):.1f}"
 
     replay = "" if r["replay_device"] == "numpy" else f", frames on {r['replay_device']}"
+    algorithm = ("PER n-step, dueling double Q" if r.get("algorithm", "fastdqn") == "fastdqn"
+                 else "uniform, DQN max target (CleanRL's update)")
     table(f"Training throughput while learning, {r['game']}, replay ratio {r['replay_ratio']:g} "
           f"(batch {r['batch_size']}); medians of {r['rounds']} interleaved rounds of {r['measure_steps']:,} "
           f"(fastdqn) and {r['baseline_steps']:,} (baseline) steps after warm-up",
           ["what", "agent steps/s", "rounds", "frames/s", "x plain", "x cleanrl"],
-          [[f"fastdqn ({r['num_envs']} envs, PER n-step, {r['precision_used']}{replay})", r["fastdqn_steps_per_s"],
+          [[f"fastdqn ({r['num_envs']} envs, {algorithm}, {r['precision_used']}{replay})", r["fastdqn_steps_per_s"],
             spread("fastdqn_steps_per_s"), 4 * r["fastdqn_steps_per_s"], r["speedup"], r["speedup_vs_cleanrl"]],
            ["plain baseline (1 env, uniform, dueling double Q, fp32 eager)", r["baseline_steps_per_s"],
             spread("baseline_steps_per_s"), 4 * r["baseline_steps_per_s"], 1.0, ""],
@@ -116,6 +123,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="fastdqn's precision (the baselines are fp32); auto: bf16 only where the hardware has it")
+    parser.add_argument("--algorithm", default="fastdqn", choices=sorted(ALGORITHMS),
+                        help="fastdqn's side: its own algorithm (PER n-step, dueling double Q) or CleanRL's "
+                             "update (no dueling, max target, MSE, 1-step, uniform): like for like with the cleanrl baseline")
     parser.add_argument("--warmup-steps", type=int, default=2_000)
     parser.add_argument("--measure-steps", type=int, default=2_000, help="fastdqn agent steps timed per round")
     parser.add_argument("--baseline-steps", type=int, default=500, help="baseline agent steps timed per round")
@@ -128,12 +138,12 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         result = run(args.game, 4, 0, 1, args.replay_ratio, 8, args.precision, 200, 200, 60, 2_000,
-                     rounds=1, replay_device=args.replay_device, show_progress=False)
+                     rounds=1, replay_device=args.replay_device, show_progress=False, algorithm=args.algorithm)
     else:
         result = run(args.game, args.num_envs, args.env_batch, args.num_threads, args.replay_ratio,
                      args.batch_size, args.precision, args.warmup_steps, args.measure_steps,
                      args.baseline_steps, rounds=args.rounds, replay_device=args.replay_device,
-                     show_progress=not args.no_progress)
+                     show_progress=not args.no_progress, algorithm=args.algorithm)
     report(result)
     write_json(args.json, result)
     return result

@@ -1,72 +1,175 @@
 """Checkpoints that survive a crash at any moment and never unpickle arbitrary objects.
 
-A checkpoint is one ``torch.save`` file of tensors, numbers, strings, lists and dicts,
-loaded with ``weights_only=True``. It is written to a temporary file in the same
-directory, flushed to disk, then renamed over the old one, so a reader sees either the
-previous complete checkpoint or the new complete one. The one it replaces is kept as
-``<name>.prev`` until the next save. The replay, when saved, goes beside it as an
-``.npz`` written the same way (loaded with ``allow_pickle=False``).
+A checkpoint is one ``torch.save`` file of tensors, numbers, strings, lists and dicts, loaded
+with ``weights_only=True``. Saving never leaves a moment without a complete checkpoint:
+
+    1. the new one is written to ``<name>.tmp`` and fsynced;
+    2. the current one gets a second name, ``<name>.prev`` (a hard link made under a temporary
+       name, then renamed over the old ``.prev``: the current file never moves);
+    3. ``<name>.tmp`` is renamed over ``<name>`` (atomic), and the directory is fsynced.
+
+The replay, when saved, is a second file ``<stem>.replay-<stamp>.npz`` (NumPy arrays only,
+loaded with ``allow_pickle=False``), written and fsynced BEFORE the checkpoint that names it.
+The checkpoint records the replay's file name and stamp (agent step + random id), and the
+replay file holds the same stamp: a replay from another step is refused, never paired with
+these weights. Replay files that the current checkpoint does not name are deleted once it is
+in place, with any a crash left half-written (so ``.prev`` comes without its replay: resuming
+from it refills the replay). Two
+files rather than one so that loading the weights (eval, push, resume's first look) never
+reads gigabytes of frames, and the periodic checkpoints that leave the replay out stay small.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
 FORMAT = "fastdqn-checkpoint-1"
+_UNREADABLE = "truncated, corrupt, or holding objects other than tensors, numbers and strings"
 
 
 class CheckpointError(RuntimeError):
     pass
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+def prev_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".prev")
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, write) -> None:
+    """``write(f)`` into ``path`` and fsync it; the caller renames it into place."""
+    with open(path, "wb") as f:
         write(f)
         f.flush()
         os.fsync(f.fileno())
-    if path.exists():
-        os.replace(path, path.with_name(path.name + ".prev"))
-    os.replace(tmp, path)
+
+
+def _keep_as_previous(path: Path) -> None:
+    """Give the current checkpoint the second name ``.prev`` without ever moving it."""
+    link = path.with_name(path.name + ".prev.tmp")
+    if link.exists():  # left by a crash
+        os.unlink(link)
+    prev = prev_path(path)
+    if not path.exists() or (prev.exists() and os.path.samefile(path, prev)):
+        return  # (renaming a link over itself would do nothing and leave the link)
+    try:
+        os.link(path, link)
+    except OSError:  # a filesystem without hard links: a durable copy instead
+        _write_durably(link, lambda f: f.write(path.read_bytes()))
+    os.replace(link, prev)
 
 
 def save(path: str | Path, payload: dict, replay_state: dict | None = None) -> None:
+    """Write ``payload`` (and, if given, the replay's ``state_dict()``) as one consistent snapshot."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, **payload, "replay": None}
     if replay_state is not None:
-        _atomic_write(replay_path(path), lambda f: np.savez(f, **replay_state))
-    _atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
-
-
-def replay_path(path: str | Path) -> Path:
-    return Path(path).with_suffix(".replay.npz")
+        steps = int(payload.get("counters", {}).get("agent_steps", 0))
+        stamp = f"{steps}-{uuid.uuid4().hex[:12]}"
+        rpath = path.with_name(f"{path.stem}.replay-{stamp}.npz")
+        rtmp = rpath.with_name(rpath.name + ".tmp")
+        try:
+            _write_durably(rtmp, lambda f: np.savez(f, replay_stamp=np.asarray(stamp), **replay_state))
+            os.replace(rtmp, rpath)
+        finally:
+            if rtmp.exists():
+                os.unlink(rtmp)
+        payload["replay"] = {"file": rpath.name, "stamp": stamp}
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write_durably(tmp, lambda f: torch.save(payload, f))
+        _keep_as_previous(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+    keep = payload["replay"]["file"] if payload["replay"] else None
+    for stale in path.parent.glob(f"{path.stem}.replay-*"):  # older replays, and any a crash left half-written
+        if stale.name != keep:
+            os.unlink(stale)
 
 
 def load(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
+        prev = prev_path(path)
+        hint = f" (the previous checkpoint {prev} exists: --resume uses it)" if prev.exists() else ""
+        raise CheckpointError(f"no checkpoint at {path}{hint}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt, or not ours
-        prev = path.with_name(path.name + ".prev")
+    except Exception as exc:  # truncated, corrupt, or not ours; torch's own advice is never passed on
+        prev = prev_path(path)
         hint = f"; the previous checkpoint is kept at {prev}" if prev.exists() else ""
-        raise CheckpointError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}){hint}") from exc
+        raise CheckpointError(f"cannot read checkpoint {path} ({_UNREADABLE}: {type(exc).__name__}){hint}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fastdqn checkpoint")
     return payload
 
 
-def load_replay(path: str | Path) -> dict | None:
-    rpath = replay_path(path)
+def require_resumable(run_dir: str | Path) -> Path:
+    """run_dir's checkpoint path, or CheckpointError when --resume has nothing to continue."""
+    path = Path(run_dir) / "checkpoint.pt"
+    if not (path.exists() or prev_path(path).exists()):
+        raise CheckpointError(f"--resume: no checkpoint in {run_dir}: nothing to continue (drop --resume to "
+                              "start a new run there)")
+    return path
+
+
+def load_latest(path: str | Path, quiet: bool = False) -> tuple[dict, Path]:
+    """The checkpoint at ``path``, or, when that is missing or unreadable, its ``.prev`` (saying so
+    on stderr unless ``quiet``): (payload, the file it came from)."""
+    path = Path(path)
+    try:
+        return load(path), path
+    except CheckpointError as exc:
+        prev = prev_path(path)
+        if not prev.exists():
+            raise
+        payload = load(prev)
+        if not quiet:
+            print(f"warning: {exc}; resuming from the previous checkpoint {prev} "
+                  f"(step {payload.get('counters', {}).get('agent_steps', '?')})", file=sys.stderr)
+        return payload, prev
+
+
+def load_replay(path: str | Path, payload: dict) -> tuple[dict | None, str]:
+    """The replay saved with ``payload`` (loaded from ``path``), or None and why not."""
+    info = payload.get("replay")
+    if not info:
+        return None, "this checkpoint was saved without the replay"
+    rpath = Path(path).with_name(info["file"])
     if not rpath.exists():
-        return None
+        return None, f"its replay file {rpath.name} is gone"
     try:
         with np.load(rpath, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+            state = {key: data[key] for key in data.files}
     except Exception as exc:
-        raise CheckpointError(f"cannot read replay {rpath} ({type(exc).__name__}: {exc})") from exc
+        return None, f"its replay file {rpath} cannot be read ({type(exc).__name__})"
+    stamp = str(state.pop("replay_stamp", ""))
+    if stamp != info["stamp"]:
+        return None, (f"its replay file {rpath.name} is from another checkpoint (stamp {stamp or 'none'}, "
+                      f"expected {info['stamp']}): refused, never paired with these weights")
+    return state, f"replay of {int(np.minimum(state['written'], state['capacity'] // state['num_envs']).sum()):,} transitions"

@@ -16,6 +16,7 @@ import importlib
 import json
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 BENCHMARKS = ("env", "collect", "replay", "gather", "learner", "train")
@@ -42,12 +43,29 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from fastdqn.envs import is_atari
     from fastdqn.evaluate import evaluate
     from fastdqn.hub import load_agent
+    from fastdqn.paths import require_writable
     from fastdqn.train import build_learner, resolve_device
-    from fastdqn.video import GameRecorder, real_time_fps
+    from fastdqn.video import GameRecorder, real_time_fps, require_encoder
 
+    # everything that could fail after the games are played is checked before
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be at least 1, got {args.episodes}")
+    if args.max_steps < 1:
+        raise ValueError(f"--max-steps must be at least 1, got {args.max_steps}")
+    if not 0 <= args.eps <= 1:
+        raise ValueError(f"--eps must be in [0, 1], got {args.eps}")
+    for flag, path in (("--gif", args.gif), ("--video", args.video)):
+        if path is not None:
+            require_writable(path, flag)
+    if args.video:
+        require_encoder()
     cfg, obs_shape, num_actions, weights = load_agent(args.checkpoint)
+    if args.gif and not is_atari(cfg.env.env_id):
+        raise ValueError(f"--gif shows the agent's 84x84 Atari frames; {cfg.env.env_id} has none: use --video "
+                         "for an MP4 of any game")
     device = resolve_device(args.device)
     learner = build_learner(cfg, obs_shape, num_actions, device)
     learner.q_network.load_state_dict(weights)
@@ -99,13 +117,24 @@ def _envs(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from fastdqn.paths import require_writable
     from fastdqn.plot import plot_run
 
+    if not Path(args.run_dir).is_dir():
+        raise FileNotFoundError(f"no run directory at {args.run_dir}")
+    require_writable(args.out or Path(args.run_dir) / "learning_curve.png", "--out")
     print(plot_run(args.run_dir, args.out))
     return 0
 
 
-def _bench(args: argparse.Namespace, rest: list[str]) -> int:
+def _bench(args: argparse.Namespace, rest: list[str], bench_parser: argparse.ArgumentParser) -> int:
+    if args.help and args.which in (None, "all"):
+        bench_parser.print_help()
+        return 0
+    if args.which is None:
+        bench_parser.error(f"name a benchmark: {', '.join(BENCHMARKS + ('all',))}")
+    if args.help:  # fastdqn bench NAME --help: that benchmark's own help
+        rest = ["--help"]
     names = BENCHMARKS if args.which == "all" else (args.which,)
     if args.which == "all" and set(rest) - {"--quick"}:
         raise ValueError(f"'fastdqn bench all' takes only --quick and --json (got {' '.join(rest)}); "
@@ -161,21 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output PNG (default RUN_DIR/learning_curve.png)")
 
     p = sub.add_parser("bench", help="benchmarks; options after the name go to that benchmark "
-                                     "(e.g. fastdqn bench replay --help)")
-    p.add_argument("which", choices=BENCHMARKS + ("all",), help="which benchmark")
+                                     "(e.g. fastdqn bench replay --help)", add_help=False)
+    # -h after a benchmark's name is that benchmark's help (handled in _bench)
+    p.add_argument("-h", "--help", action="store_true", help="this help; after a NAME, that benchmark's help")
+    p.add_argument("which", nargs="?", choices=BENCHMARKS + ("all",), help="which benchmark")
     p.add_argument("--json", default=None, help="with 'all': write every result to this JSON file")
+    parser.bench_parser = p
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    # EnvPool's classic-control specs declare float64 bounds: gymnasium warns (4 lines) on each
+    # env it makes, through the progress bar
+    warnings.filterwarnings("ignore", message=".*precision lowered by casting to float32", category=UserWarning)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     commands = {"train": _train, "eval": _eval, "push": _push, "presets": _presets, "envs": _envs, "plot": _plot,
-                "bench": lambda a: _bench(a, rest)}
+                "bench": lambda a: _bench(a, rest, parser.bench_parser)}
     try:
         return commands[args.command](args)
+    except KeyboardInterrupt as exc:  # outside training (which handles its own), or a second Ctrl-C there
+        from fastdqn.interrupts import Abort
+
+        if not isinstance(exc, Abort):  # (train has said what an abort left)
+            print("interrupted", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -17,6 +17,9 @@ from fastdqn.envs import EnvConfig
 from fastdqn.envs import validate as validate_env
 
 
+REPLAY_IN_PERIODIC_GB = 1.0  # save_replay=auto: periodic checkpoints include a replay up to this size
+
+
 def _f(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
@@ -54,14 +57,14 @@ class TrainConfig:
     loss: str = _f("huber", "huber, mse (0.5 delta^2) or pseudo_huber (sqrt(delta^2 + 1) - 1)", choices=("huber", "mse", "pseudo_huber"))
     optimizer: str = _f("adam", "adam or rmsprop", choices=("adam", "rmsprop"))
     lr: float = _f(1e-4, "learning rate")
-    adam_eps: float = _f(1.5e-4, "Adam/RMSProp epsilon")
+    adam_eps: float = _f(1.5e-4, "Adam's epsilon (RMSprop keeps the Nature-DQN setting: eps 0.01, alpha 0.95, centered)")
     max_grad_norm: float = _f(10.0, "gradient-norm clip; 0 = off")
     target_update_period: int = _f(2000, "hard target copy every this many learner updates (ignored when tau > 0)")
     tau: float = _f(0.0, "Polyak target update factor per learner update; 0 = hard copies")
     precision: str = _f(
         "auto", "auto, fp32 or bf16. auto: bf16 where the hardware computes in it (a CUDA GPU of compute "
         "capability >= 8.0, a CPU with avx512_bf16 or AMX) for the CNN, fp32 elsewhere: on CPUs without bf16 "
-        "instructions torch emulates it and a bf16 update runs 3-20x slower. bf16 covers the trunk; weights, "
+        "instructions torch emulates it and a bf16 update runs 3-17x slower. bf16 covers the trunk; weights, "
         "Q-values, argmaxes, targets and TD errors stay fp32", choices=("auto", "fp32", "bf16"))
     compile: bool = _f(False, "torch.compile the update")
     cuda_graph: bool = _f(True, "on a GPU, capture updates_per_graph updates as one CUDA graph")
@@ -81,9 +84,15 @@ class TrainConfig:
     eval_max_steps: int = _f(27_000, "agent steps at most per evaluation game (108k frames)")
     final_eval: bool = _f(True, "evaluate once more at the end of the run")
     log_interval: int = _f(5_000, "agent steps between scalar logs")
-    checkpoint_interval: int = _f(250_000, "agent steps between checkpoints; 0 = only at the end and on Ctrl-C")
-    save_replay: bool = _f(False, "include the replay in checkpoints (large: ~7 KB per transition)")
-    resume: bool = _f(False, "continue from run_dir/checkpoint.pt")
+    checkpoint_interval: int = _f(250_000, "agent steps between checkpoints, the first one when learning starts; "
+                                           "0 = only then, at the end and on Ctrl-C / SIGTERM")
+    save_replay: str = _f(
+        "auto", "which checkpoints include the replay, so that a resumed run continues learning at once instead of "
+        "refilling it: auto = the one written when the process stops (end, Ctrl-C, SIGTERM, --max-minutes) and "
+        f"periodic ones while the replay is at most {REPLAY_IN_PERIODIC_GB:g} GB; always = every checkpoint; never = "
+        "none. Disk: ~7.1 KB per Atari transition (1M: 7.1 GB, 300k: 2.1 GB), ~40 bytes per CartPole one; one "
+        "replay file is kept, two for a moment while the next is written", choices=("auto", "always", "never"))
+    resume: bool = _f(False, "continue from run_dir/checkpoint.pt (or its .prev if that one is damaged)")
     target_score: float = _f(float("inf"), "stop once an evaluation mean reaches this")
     max_minutes: float = _f(0.0, "stop (with a final eval and checkpoint) after this many minutes; 0 = no limit")
     # --- what a run shows: progress bar, Weights & Biases, videos
@@ -229,16 +238,23 @@ def make_config(preset: str | None = None, env: dict | None = None, **overrides)
 def config_from_dict(data: dict) -> TrainConfig:
     """Rebuild a TrainConfig saved with ``to_dict`` (a checkpoint's, say)."""
     data = dict(data)
-    cfg = TrainConfig(env=EnvConfig(**data.pop("env")), **data)
+    cfg = TrainConfig(env=EnvConfig(**data.pop("env")), **_upgrade(data))
     validate(cfg)
     return cfg
+
+
+def _upgrade(data: dict) -> dict:
+    if isinstance(data.get("save_replay"), bool):  # checkpoints written before it had choices
+        data = {**data, "save_replay": "always" if data["save_replay"] else "auto"}
+    return data
 
 
 def resume_config(run_dir: str, args: argparse.Namespace) -> TrainConfig:
     """The config saved in run_dir's checkpoint, with the flags given explicitly on top."""
     from fastdqn import checkpoint
 
-    saved = checkpoint.load(f"{run_dir}/checkpoint.pt")["config"]
+    original = checkpoint.load_latest(checkpoint.require_resumable(run_dir), quiet=True)[0]["config"]
+    saved = dict(original)
     env = dict(saved.pop("env"))
     for key, value in vars(args).items():
         if value is None or "." not in key:
@@ -246,34 +262,81 @@ def resume_config(run_dir: str, args: argparse.Namespace) -> TrainConfig:
         owner, name = key.split(".", 1)
         (env if owner == "EnvConfig" else saved)[name] = value
     saved["resume"] = True
-    return config_from_dict({**saved, "env": env})
+    cfg = TrainConfig(env=EnvConfig(**env), **_upgrade(saved))
+    check_resumable(original, cfg, run_dir)
+    validate(cfg)
+    return cfg
+
+
+# What a resumed run cannot change: the network's and the replay's shapes and meaning.
+FIXED_ON_RESUME = {
+    "EnvConfig": ("env_id", "num_envs", "stack_num"),
+    "TrainConfig": ("buffer_size", "n_step", "gamma", "per_alpha", "per_eps", "dueling", "hidden", "optimizer"),
+}
+
+
+def check_resumable(saved: dict, cfg: TrainConfig, run_dir) -> None:
+    """Raise ValueError naming the first flag that differs from the saved config (``to_dict``) where
+    it cannot differ: the checkpoint's network and replay have that shape and meaning."""
+    for owner, before, now, flag_of in (("EnvConfig", saved["env"], cfg.env, _env_flag),
+                                        ("TrainConfig", saved, cfg, _flag)):
+        for name in FIXED_ON_RESUME[owner]:
+            if getattr(now, name) != before[name]:
+                flag = flag_of(name)
+                raise ValueError(f"{flag} cannot change on --resume (the run in {run_dir} was started with {flag} "
+                                 f"{before[name]}; its checkpoint holds that network and replay): drop {flag}, or "
+                                 "start a new run in another --run-dir")
 
 
 def validate(cfg: TrainConfig) -> None:
-    validate_env(cfg.env)
+    """Raise ValueError naming the flag the user types and the fix, before any work is done."""
+    validate_env(cfg.env, flag_of=_env_flag)
+    value = lambda name: getattr(cfg, name)  # noqa: E731
     positive = ("total_steps", "buffer_size", "batch_size", "n_step", "hidden", "target_update_period",
-                "eval_episodes", "eval_max_steps", "log_interval", "updates_per_graph")
+                "eval_episodes", "eval_max_steps", "log_interval", "updates_per_graph", "eps_decay_steps",
+                "replay_ratio", "adam_eps")
     for name in positive:
-        if getattr(cfg, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+        if value(name) <= 0:
+            raise ValueError(f"{_flag(name)} must be positive, got {value(name)}")
     for name in ("torch_threads", "learning_starts", "eval_interval", "checkpoint_interval", "max_grad_norm", "per_alpha",
-                 "per_eps", "max_minutes", "lr"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
-    if cfg.replay_ratio <= 0:
-        raise ValueError(f"replay_ratio must be positive, got {cfg.replay_ratio}")
+                 "per_eps", "max_minutes", "lr", "eps_mid_steps", "eps_final_steps"):
+        if value(name) < 0:
+            raise ValueError(f"{_flag(name)} must be >= 0, got {value(name)}")
     if not 0 < cfg.gamma <= 1:
-        raise ValueError(f"gamma must be in (0, 1], got {cfg.gamma}")
+        raise ValueError(f"--gamma must be in (0, 1], got {cfg.gamma}")
     if not 0 <= cfg.tau <= 1:
-        raise ValueError(f"tau must be in [0, 1], got {cfg.tau}")
+        raise ValueError(f"--tau must be in [0, 1], got {cfg.tau}")
     for name in ("eps_start", "eps_mid", "eps_final", "eval_eps", "per_beta0"):
-        if not 0 <= getattr(cfg, name) <= 1:
-            raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
+        if not 0 <= value(name) <= 1:
+            raise ValueError(f"{_flag(name)} must be in [0, 1], got {value(name)}")
+    if cfg.eps_schedule == "linear" and cfg.eps_final_steps < cfg.eps_mid_steps:
+        raise ValueError(f"--eps-final-steps ({cfg.eps_final_steps}) must be >= --eps-mid-steps ({cfg.eps_mid_steps}): "
+                         "the second phase of the linear schedule ends after the first")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
-        raise ValueError(f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
+        raise ValueError(f"--device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     if cfg.replay_device == "cuda" and not cfg.device.startswith("cuda"):
         raise ValueError(f"--replay-device cuda needs --device cuda (got --device {cfg.device}): the "
                          "frames would live on the GPU while the learner runs elsewhere")
+    _validate_replay_size(cfg)
+
+
+def _validate_replay_size(cfg: TrainConfig) -> None:
+    from fastdqn.envs import is_atari
+
+    num_envs = cfg.env.num_envs
+    stack = cfg.env.stack_num if is_atari(cfg.env.env_id) else 1
+    minimum = num_envs * (stack + cfg.n_step + 1)  # every lane holds one stack and one n-step window
+    if cfg.buffer_size < minimum:
+        raise ValueError(f"--buffer-size {cfg.buffer_size} is too small for --num-envs {num_envs}: each env's lane "
+                         f"needs {stack + cfg.n_step + 1} transitions (stack + n-step + 1); use at least {minimum}")
+    holds = cfg.buffer_size // num_envs * num_envs  # whole lanes
+    if cfg.batch_size > holds:
+        raise ValueError(f"--batch-size {cfg.batch_size} is more than the replay holds (--buffer-size "
+                         f"{cfg.buffer_size}): lower --batch-size or raise --buffer-size")
+    if cfg.learning_starts > holds:
+        raise ValueError(f"--learning-starts {cfg.learning_starts} is more than the replay holds (--buffer-size "
+                         f"{cfg.buffer_size}, {holds} in whole lanes of --num-envs {num_envs}), so learning would never "
+                         "start: lower --learning-starts or raise --buffer-size")
 
 
 def to_dict(cfg: TrainConfig) -> dict:

@@ -67,22 +67,24 @@ def is_atari(env_id: str) -> bool:
     return "episodic_life" in envpool.make_spec(env_id).config._fields
 
 
-def validate(cfg: EnvConfig) -> None:
-    """Raise ValueError naming the problem, before anything is built."""
+def validate(cfg: EnvConfig, flag_of=lambda name: name) -> None:
+    """Raise ValueError naming the problem, before anything is built; ``flag_of(field)`` names a
+    field as the user typed it (the CLI's flags)."""
     if cfg.env_id not in _all_env_ids():
         close = difflib.get_close_matches(cfg.env_id, _all_env_ids(), n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown EnvPool task {cfg.env_id!r}.{hint} (envpool.list_all_envs() lists all)")
+        raise ValueError(f"unknown EnvPool task {cfg.env_id!r}.{hint} (fastdqn envs lists all)")
     for name in ("num_envs", "max_episode_steps", "frame_skip", "stack_num"):
         if getattr(cfg, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+            raise ValueError(f"{flag_of(name)} must be positive, got {getattr(cfg, name)}")
     for name in ("batch_size", "num_threads", "noop_max"):
         if getattr(cfg, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+            raise ValueError(f"{flag_of(name)} must be >= 0, got {getattr(cfg, name)}")
     if cfg.batch_size > cfg.num_envs:
-        raise ValueError(f"batch_size ({cfg.batch_size}) cannot exceed num_envs ({cfg.num_envs})")
+        raise ValueError(f"{flag_of('batch_size')} ({cfg.batch_size}) cannot exceed {flag_of('num_envs')} "
+                         f"({cfg.num_envs}): it is how many of the envs each step returns")
     if not 0.0 <= cfg.repeat_action_probability < 1.0:
-        raise ValueError(f"repeat_action_probability must be in [0, 1), got {cfg.repeat_action_probability}")
+        raise ValueError(f"{flag_of('repeat_action_probability')} must be in [0, 1), got {cfg.repeat_action_probability}")
 
 
 class EnvStep(NamedTuple):

@@ -23,8 +23,10 @@ from fastdqn.video import GameRecorder, write_gif
 def evaluate(q_network, env_cfg: EnvConfig, *, episodes: int, epsilon: float, max_steps: int,
              device: torch.device, precision: str = "fp32", seed: int = 12345,
              gif_path: str | Path | None = None, recorder: GameRecorder | None = None,
-             on_game_end: Callable[[int, int, float], None] | None = None) -> dict:
-    """``on_game_end(games_done, episodes, mean_so_far)`` is called as games finish."""
+             on_game_end: Callable[[int, int, float], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> dict | None:
+    """``on_game_end(games_done, episodes, mean_so_far)`` is called as games finish. When
+    ``should_stop()`` turns true (Ctrl-C) the evaluation is dropped at once: None."""
     cfg = env_cfg.for_evaluation(num_envs=episodes, seed=seed)
     cfg = replace(cfg, max_episode_steps=min(cfg.max_episode_steps, max_steps), num_threads=0)
     env = VecEnv(cfg, render=recorder is not None)
@@ -36,6 +38,10 @@ def evaluate(q_network, env_cfg: EnvConfig, *, episodes: int, epsilon: float, ma
     q_network.eval()
     step = env.reset()
     while np.isnan(returns).any():
+        if should_stop is not None and should_stop():
+            env.close()
+            q_network.train(was_training)
+            return None
         if gif_path is not None and env.atari and np.isnan(returns[0]):
             rows = np.flatnonzero(step.env_ids == 0)
             if len(rows):

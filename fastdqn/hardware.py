@@ -2,9 +2,10 @@
 
 bf16 pays only where the hardware computes in it: CUDA GPUs of compute capability 8.0 or
 newer, and CPUs with ``avx512_bf16`` or AMX. Elsewhere torch emulates bf16 on the CPU, and
-a bf16 update runs 3-20x SLOWER than fp32 (measured: bench/learner.py). oneDNN's and
-ATen's own ISA caps (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``) are honoured: with
-them set below AVX-512 the bf16 instructions are not used even where the CPU has them.
+a bf16 update runs several times SLOWER than fp32 (3-17x measured: bench/learner.py).
+oneDNN's and ATen's own ISA caps (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``) are
+honoured: with them set below AVX-512 the bf16 instructions are not used even where the
+CPU has them.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def resolve_precision(requested: str, device: torch.device, *, conv_net: bool = 
             fast, why = cpu_has_fast_bf16(info)
             if not fast:
                 return Precision("bf16", f"asked for, but SLOW here: {why}, so torch emulates "
-                                         "bf16 (3-20x slower than fp32; --precision auto avoids it)", True)
+                                         "bf16 (3-17x slower than fp32; --precision auto avoids it)", True)
         return Precision(requested, "asked for", False)
     if requested != "auto":
         raise ValueError(f"precision must be auto, fp32 or bf16, got {requested!r}")

@@ -24,8 +24,9 @@ y, delta, the loss and |TD| are fp32, as are the weights and the optimizer state
 Execution paths (same numerics, same code for the update itself):
 - CPU: eager by default; ``compile=True`` wraps the loss (three forwards + loss, and so
   its backward) in torch.compile; Adam is the fused CPU kernel either way. Two process
-  settings that cost nothing in numbers: conv nets run channels_last (oneDNN's weight
-  gradient of the first conv is ~6x faster so), and glibc keeps freed blocks mapped
+  settings that cost nothing in numbers: fp32 conv nets run channels_last (on AVX2,
+  oneDNN's weight gradient of the first conv is ~2.7x faster so), and glibc keeps freed
+  blocks mapped
   (hardware.keep_freed_memory: no page faults on each update's fresh activations and
   gradients). bench/learner.py measures every path; docs/learner-profile.md has the
   profile before and after.
@@ -183,7 +184,10 @@ class Learner:
         self.q_network = q_network.to(self.device)
         if self.device.type == "cpu":
             hardware.keep_freed_memory()
-            if conv_net:  # NatureCNN follows its weights' memory format with its input
+            if conv_net and precision == "fp32":
+                # NatureCNN follows its weights' memory format with its input. Measured
+                # (bench/learner.py, docs/learner-profile.md): fp32 on AVX2 gains (the first
+                # conv's weight gradient runs ~2.7x faster); bf16 on avx512_bf16 does not.
                 self.q_network.to(memory_format=torch.channels_last)
         self.target_network = copy.deepcopy(self.q_network).requires_grad_(False)
         self.loss_kind = loss

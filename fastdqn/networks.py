@@ -118,11 +118,13 @@ class NatureCNN(nn.Module):
         if _DEVICE_AUTOCAST_API and torch.is_autocast_enabled(device_type):
             dtype = torch.get_autocast_dtype(device_type)
         # The input takes the weights' memory format: after net.to(memory_format=
-        # torch.channels_last) every conv runs channels_last with no reorder of its own.
-        memory_format = (torch.channels_last if self.torso[0].weight.is_contiguous(
-            memory_format=torch.channels_last) else torch.contiguous_format)
-        x = obs.to(dtype=dtype, memory_format=memory_format)
-        return self.head(self.torso(x / 255.0))
+        # torch.channels_last) every conv runs channels_last with no reorder of its own. The
+        # bytes are reordered before the cast (4x less to move), and scaled in place.
+        if self.torso[0].weight.is_contiguous(memory_format=torch.channels_last):
+            obs = obs.contiguous(memory_format=torch.channels_last)
+        x = obs.to(dtype)
+        x = x.div_(255.0) if x is not obs else x / 255.0  # never scale the caller's tensor
+        return self.head(self.torso(x))
 
 
 class MLP(nn.Module):

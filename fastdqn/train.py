@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -22,11 +21,13 @@ import torch
 
 from fastdqn import checkpoint, hardware
 from fastdqn.acting import epsilon_at, select_actions
-from fastdqn.config import TrainConfig, new_run_dir, to_dict
+from fastdqn.config import REPLAY_IN_PERIODIC_GB, TrainConfig, check_resumable, new_run_dir, to_dict
 from fastdqn.envs import VecEnv
 from fastdqn.evaluate import evaluate
+from fastdqn.interrupts import Abort, StopRequests
 from fastdqn.learner import Learner
 from fastdqn.networks import make_q_network
+from fastdqn.paths import require_writable
 from fastdqn.progress import Progress
 from fastdqn.replay import PrioritizedReplay, ReplaySample
 from fastdqn.tracking import WandbTracker, require_wandb
@@ -52,17 +53,23 @@ class RunLog:
     """TensorBoard scalars, the hyper-parameters, and summary.json (rewritten atomically); the
     same scalars, config and videos to Weights & Biases with --track."""
 
-    def __init__(self, run_dir: Path, cfg: TrainConfig):
+    def __init__(self, run_dir: Path, cfg: TrainConfig, resume_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = run_dir
-        self.writer = SummaryWriter(str(run_dir))
+        # On resume, TensorBoard drops what the lost part of the run (after the checkpoint) logged.
+        self.writer = SummaryWriter(str(run_dir), purge_step=resume_step)
         config = to_dict(cfg)
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
         self.summary: dict = {"env_id": cfg.env.env_id, "config": config}
         path = run_dir / "summary.json"
-        if cfg.resume and path.exists():
-            self.summary = {**json.loads(path.read_text()), "config": config}
+        if resume_step is not None and path.exists():
+            # evaluations after the checkpoint belong to the lost part of the run: the resumed
+            # run makes its own; learning_sps is this process's own figure
+            saved = json.loads(path.read_text())
+            saved["evals"] = [e for e in saved.get("evals", []) if e["agent_steps"] <= resume_step]
+            saved.pop("learning_sps", None)
+            self.summary = {**saved, "config": config}
         self.tracker = None
         if cfg.track:
             self.tracker = WandbTracker(run_dir, config, project=cfg.wandb_project, entity=cfg.wandb_entity,
@@ -114,49 +121,165 @@ def build_learner(cfg: TrainConfig, obs_shape, num_actions: int, device: torch.d
     )
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
+# The counters a checkpoint carries. schedule_steps drives epsilon and beta: it follows
+# agent_steps, except while a replay lost on resume refills (the schedules wait for learning).
+# budget_from: the wall second at which --max-minutes started counting (moved to the resume
+# when a resume raises --total-steps).
+def new_counters(cfg: TrainConfig) -> dict:
+    return {"agent_steps": 0, "schedule_steps": 0, "updates": 0, "games": 0, "wall_seconds": 0.0,
+            "budget_from": 0.0, "best_eval": -math.inf, "credit": 0.0, "next_log": 0,
+            "next_eval": cfg.eval_interval, "next_ckpt": 0, "resumes": 0}
+
+
+def make_rngs(seed: int) -> tuple[np.random.Generator, np.random.SeedSequence]:
+    """The acting stream (epsilon-greedy, env seeds on resume) and the replay sampler's seed:
+    two independent streams from one seed."""
+    acting, sampling = np.random.SeedSequence(seed).spawn(2)
+    return np.random.default_rng(acting), sampling
+
+
+def build_replay(cfg: TrainConfig, env: VecEnv, device: torch.device, seed) -> PrioritizedReplay:
+    frames_device = {"numpy": None, "cpu": "cpu", "cuda": device}[cfg.replay_device]
+    return PrioritizedReplay(
+        cfg.buffer_size, env.num_envs, env.frame_shape, stack=env.stack, n_step=cfg.n_step,
+        gamma=cfg.gamma, alpha=cfg.per_alpha, eps=cfg.per_eps, seed=seed, obs_dtype=env.obs_dtype,
+        frames_device=frames_device,
+    )
+
+
+def beta_at(cfg: TrainConfig, schedule_steps: int) -> float:
+    return cfg.per_beta0 + (1.0 - cfg.per_beta0) * min(1.0, schedule_steps / cfg.total_steps)
+
+
+def checkpoint_payload(cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, rng: np.random.Generator,
+                       counters: dict, env: VecEnv) -> dict:
+    """Everything but the replay's contents: one consistent snapshot with them (checkpoint.save)."""
+    return {
+        "config": to_dict(cfg),
+        "learner": learner.state_dict(),
+        "counters": dict(counters),
+        "numpy_rng": rng.bit_generator.state,
+        "replay_rng": replay.rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "obs_shape": list(env.obs_shape),
+        "num_actions": env.num_actions,
+    }
+
+
+def restore(state: dict, replay_state: dict | None, learner: Learner, replay: PrioritizedReplay,
+            rng: np.random.Generator, counters: dict) -> None:
+    """Put a checkpoint back into the live objects (the inverse of checkpoint_payload)."""
+    learner.load_state_dict(state["learner"])
+    counters.update({"schedule_steps": state["counters"]["agent_steps"]}, **state["counters"])  # (older checkpoints)
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    if replay_state is not None:
+        replay.load_state_dict(replay_state)
+    if "replay_rng" in state:  # (older checkpoints kept it only inside a saved replay)
+        replay.rng.bit_generator.state = state["replay_rng"]
+
+
+def learn(cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, counters: dict, new_steps: int,
+          stats: dict) -> None:
+    """Keep ``replay_ratio`` sampled transitions per agent step on average: credit the new steps,
+    spend the credit in whole updates (in groups of K on a CUDA graph)."""
+    counters["credit"] += cfg.replay_ratio * new_steps / cfg.batch_size
+    beta = beta_at(cfg, counters["schedule_steps"])
+    # On a GPU K = updates_per_graph batches are sampled ahead and run as one CUDA graph;
+    # sample() reuses its output arrays, so each batch is copied first.
+    group = learner.updates_per_graph if learner.cuda_graph else 1
+    while counters["credit"] >= group:
+        counters["credit"] -= group
+        if group == 1:
+            batch = replay.sample(cfg.batch_size, beta)
+            out = learner.update(batch)
+            replay.update_priorities(batch.indices, _numpy(out["td_abs"]))
+        else:
+            batches = [ReplaySample(*(a.clone() if isinstance(a, torch.Tensor) else a.copy()
+                                      for a in replay.sample(cfg.batch_size, beta)))
+                       for _ in range(group)]
+            out = learner.update_many(batches)
+            for b, td_abs in zip(batches, _numpy(out["td_abs"])):
+                replay.update_priorities(b.indices, td_abs)
+        counters["updates"] += group
+        stats["loss"] = stats["loss"] + out["loss"].detach().float().sum().cpu()
+        stats["q"] = stats["q"] + out["mean_q"].detach().float().sum().cpu()
+        stats["td"] = stats["td"] + out["td_abs"].detach().float().mean(-1).sum().cpu()
+        stats["n"] += group
+
+
+def prepare_run(cfg: TrainConfig) -> TrainConfig:
+    """Check the run directory before anything is built or created; name a new one."""
+    require_writable(cfg.run_dir or "runs", "--run-dir", directory=True)
+    if cfg.resume:
+        if not cfg.run_dir:
+            raise ValueError("--resume needs --run-dir: the directory of the run to continue")
+        ckpt_path = checkpoint.require_resumable(cfg.run_dir)
+        check_resumable(checkpoint.load_latest(ckpt_path, quiet=True)[0]["config"], cfg, cfg.run_dir)
+    elif cfg.run_dir and (Path(cfg.run_dir) / "checkpoint.pt").exists():
+        raise FileExistsError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or pick another --run-dir")
     if cfg.track:  # a missing extra is said before anything is built
         require_wandb()
     if cfg.capture_video:
         require_encoder()
     if not cfg.run_dir:  # runs/{env_id}__{exp_name}__{seed}__{date-time}, new
         cfg = dataclasses.replace(cfg, run_dir=str(new_run_dir(cfg)))
+    return cfg
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train; Ctrl-C or SIGTERM ends the run within seconds with a checkpoint (summary
+    stop_reason "interrupted"); a second one raises interrupts.Abort at once."""
+    cfg = prepare_run(cfg)
+    with StopRequests() as stop:
+        try:
+            return _train(cfg, progress, stop)
+        except Abort:
+            ckpt_path = Path(cfg.run_dir) / "checkpoint.pt"
+            try:
+                state, where = checkpoint.load_latest(ckpt_path, quiet=True)
+                kept = f"the last good checkpoint is {where} (step {state['counters']['agent_steps']:,}), intact"
+            except checkpoint.CheckpointError:
+                kept = "no checkpoint was written yet"
+            print(f"aborted by a second {stop.name}: {kept}", file=sys.stderr)
+            raise
+
+
+def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
     run_dir = Path(cfg.run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
-    if not cfg.resume and ckpt_path.exists():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    rng, sampling_seed = make_rngs(cfg.seed)
+    counters = new_counters(cfg)
 
-    env = VecEnv(cfg.env)
+    state = replay_state = None
+    env_cfg = cfg.env
+    if cfg.resume:
+        state, ckpt_file = checkpoint.load_latest(ckpt_path)
+        replay_state, replay_note = checkpoint.load_replay(ckpt_file, state)
+        # EnvPool cannot save games in progress: the envs start new games, seeded afresh from
+        # the saved acting stream (not the opening games of the first run again).
+        rng.bit_generator.state = state["numpy_rng"]
+        env_cfg = dataclasses.replace(cfg.env, seed=int(rng.integers(2**31 - 1)))
+    env = VecEnv(env_cfg)
     if device.type == "cpu":
         torch.set_num_threads(cfg.torch_threads or (1 if len(env.obs_shape) == 1 else os.cpu_count()))
     learner = build_learner(cfg, env.obs_shape, env.num_actions, device)
     q_network = learner.q_network
-    frames_device = {"numpy": None, "cpu": "cpu", "cuda": device}[cfg.replay_device]
-    replay = PrioritizedReplay(
-        cfg.buffer_size, env.num_envs, env.frame_shape, stack=env.stack, n_step=cfg.n_step,
-        gamma=cfg.gamma, alpha=cfg.per_alpha, eps=cfg.per_eps, seed=cfg.seed, obs_dtype=env.obs_dtype,
-        frames_device=frames_device,
-    )
+    replay = build_replay(cfg, env, device, sampling_seed)
+    if state is not None:
+        env_rng_state = rng.bit_generator.state  # the draw of the env seed stays spent
+        restore(state, replay_state, learner, replay, rng, counters)
+        rng.bit_generator.state = env_rng_state
+        counters["resumes"] += 1
+        if cfg.total_steps > state["config"]["total_steps"]:  # a longer run: --max-minutes counts from now
+            counters["budget_from"] = counters["wall_seconds"]
+        print(describe_resume(cfg, ckpt_file, state, counters, replay_state, replay_note, env_cfg.seed),
+              file=sys.stderr)
 
-    counters = {"agent_steps": 0, "updates": 0, "games": 0, "wall_seconds": 0.0, "best_eval": -math.inf,
-                "credit": 0.0, "next_log": 0, "next_eval": cfg.eval_interval, "next_ckpt": cfg.checkpoint_interval}
-    if cfg.resume and ckpt_path.exists():
-        state = checkpoint.load(ckpt_path)
-        learner.load_state_dict(state["learner"])
-        counters.update(state["counters"])
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        replay_state = checkpoint.load_replay(ckpt_path) if cfg.save_replay else None
-        if replay_state is not None:
-            replay.load_state_dict(replay_state)
-        print(f"resumed {ckpt_path} at step {counters['agent_steps']:,} "
-              f"({'with' if replay_state else 'without'} replay)", file=sys.stderr)
-
-    log = RunLog(run_dir, cfg)
+    log = RunLog(run_dir, cfg, resume_step=counters["agent_steps"] if state is not None else None)
     precision = learner.precision_choice  # what "auto" became here, and why
     print(f"{'warning: ' if precision.slow else ''}precision {precision.name}: {precision.reason}", file=sys.stderr)
     log.summary.update(precision_used=precision.name, precision_reason=precision.reason,
@@ -164,26 +287,24 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     log.writer.add_text("precision", f"{precision.name}: {precision.reason}", 0)
     frame_skip = cfg.env.frame_skip if env.atari else 1
     recent_returns: collections.deque = collections.deque(maxlen=20)
+    start = time.time()
 
-    def save_checkpoint() -> None:
-        payload = {
-            "config": to_dict(cfg),
-            "learner": learner.state_dict(),
-            "counters": {**counters, "wall_seconds": counters["wall_seconds"] + time.time() - start},
-            "numpy_rng": rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "obs_shape": list(env.obs_shape),
-            "num_actions": env.num_actions,
-        }
-        checkpoint.save(ckpt_path, payload, replay.state_dict() if cfg.save_replay else None)
+    def wall() -> float:
+        return counters["wall_seconds"] + time.time() - start
+
+    def save_checkpoint(final: bool) -> None:
+        with_replay = (cfg.save_replay == "always" or (cfg.save_replay == "auto" and (
+            final or replay.nbytes <= REPLAY_IN_PERIODIC_GB * 1e9)))
+        payload = checkpoint_payload(cfg, learner, replay, rng, {**counters, "wall_seconds": wall()}, env)
+        checkpoint.save(ckpt_path, payload, replay.state_dict() if with_replay else None)
 
     def progress_fields() -> dict:
-        steps = counters["agent_steps"]
-        wall = counters["wall_seconds"] + time.time() - start
-        return dict(agent_steps=steps, frames=steps * frame_skip, wall_seconds=round(wall, 1),
-                    train_sps=round(steps / max(wall, 1e-9), 1), updates=counters["updates"], device=str(device))
+        steps, seconds = counters["agent_steps"], wall()
+        return dict(agent_steps=steps, frames=steps * frame_skip, wall_seconds=round(seconds, 1),
+                    train_sps=round(steps / max(seconds, 1e-9), 1), updates=counters["updates"], device=str(device))
 
-    def run_evaluation(final: bool = False) -> float:
+    def run_evaluation(final: bool = False) -> float | None:
+        """The evaluation's mean score, or None when Ctrl-C / SIGTERM dropped it (not recorded)."""
         steps = counters["agent_steps"]
         recording = (GameRecorder(run_dir / "videos" / f"eval-step{steps:09d}.mp4", real_time_fps(cfg.env))
                      if cfg.capture_video else None)
@@ -191,42 +312,43 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                           max_steps=cfg.eval_max_steps, device=device, precision=learner.precision,
                           seed=cfg.seed + 777 + counters["agent_steps"],
                           gif_path=run_dir / "eval.gif" if final and env.atari else None,
-                          recorder=recording, on_game_end=bar.evaluating)
+                          recorder=recording, on_game_end=bar.evaluating, should_stop=stop.__bool__)
         if recording is not None:
             recording.close()
-            log.video(steps, recording)
+            if result is None:
+                recording.path.unlink(missing_ok=True)
+            else:
+                log.video(steps, recording)
+        bar.evaluation_done()
+        if result is None:
+            bar.write(f"evaluation at step {steps:,} dropped ({stop.name})")
+            return None
         counters["best_eval"] = max(counters["best_eval"], result["mean_return"])
         log.scalars(steps, {"eval/mean_return": result["mean_return"], "eval/std_return": result["std_return"],
                             "eval/mean_length": result["mean_length"]})
         fields = progress_fields()
-        wall = fields["wall_seconds"]
         log.write_summary(
             **fields, eval_mean_return=result["mean_return"], eval_std_return=result["std_return"],
             eval_returns=result["returns"], eval_episodes=result["episodes"],
             best_eval_mean_return=counters["best_eval"],
-            evals=log.summary.get("evals", []) + [{"agent_steps": steps, "wall_seconds": wall,
+            evals=log.summary.get("evals", []) + [{"agent_steps": steps, "wall_seconds": fields["wall_seconds"],
                                                     "mean_return": result["mean_return"]}],
         )
         bar.write(f"eval at step {steps:,}: mean {result['mean_return']:.1f} ± {result['std_return']:.1f} "
-                  f"over {result['episodes']} games ({wall / 60:.1f} min)")
-        bar.evaluation_done()
+                  f"over {result['episodes']} games ({fields['wall_seconds'] / 60:.1f} min)")
         return result["mean_return"]
 
     bar = Progress(cfg.total_steps, counters["agent_steps"], enabled=progress, interval=cfg.progress_interval)
 
     def show_progress() -> None:
         steps = counters["agent_steps"]
-        bar.update(steps, np.mean(recent_returns) if recent_returns else None, epsilon_at(cfg, steps))
+        bar.update(steps, np.mean(recent_returns) if recent_returns else None,
+                   epsilon_at(cfg, counters["schedule_steps"]))
 
-    start = time.time()
     interval = {"t": time.time(), "steps": counters["agent_steps"], "updates": counters["updates"],
                 "loss": torch.zeros(()), "q": torch.zeros(()), "td": torch.zeros(()), "n": 0}
     last_action = np.zeros(env.num_envs, np.int64)
     stop_reason = "total_steps reached"
-    # Ctrl-C (or SIGTERM) finishes the current iteration, then checkpoints and exits.
-    interrupted = []
-    handler = lambda signum, frame: interrupted.append(signum)  # noqa: E731
-    old_handlers = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     # (time, agent_steps) once this process has made WARMUP_UPDATES updates: learning_sps
     # leaves out the first ones, which pay for torch.compile / allocator warm-up.
     learning_since = None
@@ -234,8 +356,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     step = env.reset()
     try:
         while counters["agent_steps"] < cfg.total_steps:
-            agent_steps = counters["agent_steps"]
-            epsilon = epsilon_at(cfg, agent_steps)
+            epsilon = epsilon_at(cfg, counters["schedule_steps"])
             # 1. store what EnvPool returned (the action stored is the one that led to this obs)
             replay.add(step.obs, last_action[step.env_ids], step.reward, step.terminated, step.truncated,
                        step.reset_step, step.new_game, step.env_ids)
@@ -247,34 +368,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             actions = select_actions(q_network, step.obs, epsilon, env.num_actions, rng, device, learner.precision)
             last_action[step.env_ids] = actions
             env.send(actions)
-            counters["agent_steps"] = agent_steps = agent_steps + len(actions)
+            counters["agent_steps"] = agent_steps = counters["agent_steps"] + len(actions)
+            learning = len(replay) >= cfg.learning_starts
+            if learning or counters["updates"] == 0:  # a replay lost on resume refills: the schedules wait
+                counters["schedule_steps"] += len(actions)
             # 4. learn: keep `replay_ratio` sampled transitions per agent step on average
-            if len(replay) >= cfg.learning_starts:
+            if learning:
                 if learning_since is None and counters["updates"] - updates_at_start >= WARMUP_UPDATES:
                     learning_since = (time.time(), agent_steps)
-                counters["credit"] += cfg.replay_ratio * len(actions) / cfg.batch_size
-                beta = cfg.per_beta0 + (1.0 - cfg.per_beta0) * min(1.0, agent_steps / cfg.total_steps)
-                # On a GPU K = updates_per_graph batches are sampled ahead and run as one CUDA
-                # graph; sample() reuses its output arrays, so each batch is copied first.
-                group = learner.updates_per_graph if learner.cuda_graph else 1
-                while counters["credit"] >= group:
-                    counters["credit"] -= group
-                    if group == 1:
-                        batch = replay.sample(cfg.batch_size, beta)
-                        out = learner.update(batch)
-                        replay.update_priorities(batch.indices, _numpy(out["td_abs"]))
-                    else:
-                        batches = [ReplaySample(*(a.clone() if isinstance(a, torch.Tensor) else a.copy()
-                                                  for a in replay.sample(cfg.batch_size, beta)))
-                                   for _ in range(group)]
-                        out = learner.update_many(batches)
-                        for b, td_abs in zip(batches, _numpy(out["td_abs"])):
-                            replay.update_priorities(b.indices, td_abs)
-                    counters["updates"] += group
-                    interval["loss"] = interval["loss"] + out["loss"].detach().float().sum().cpu()
-                    interval["q"] = interval["q"] + out["mean_q"].detach().float().sum().cpu()
-                    interval["td"] = interval["td"] + out["td_abs"].detach().float().mean(-1).sum().cpu()
-                    interval["n"] += group
+                learn(cfg, learner, replay, counters, len(actions), interval)
             step = env.recv()
             for i in np.flatnonzero(step.game_over):
                 counters["games"] += 1
@@ -304,37 +406,60 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                                 q=torch.zeros(()), td=torch.zeros(()), n=0)
 
             # (the last evaluation is the final one, below)
-            if cfg.eval_interval and counters["next_eval"] <= agent_steps < cfg.total_steps:
-                counters["next_eval"] = agent_steps + cfg.eval_interval
-                if run_evaluation() >= cfg.target_score:
-                    stop_reason = f"target score {cfg.target_score} reached"
-                    break
-            if cfg.checkpoint_interval and agent_steps >= counters["next_ckpt"]:
-                counters["next_ckpt"] = agent_steps + cfg.checkpoint_interval
-                save_checkpoint()
-            if cfg.max_minutes and counters["wall_seconds"] + time.time() - start >= cfg.max_minutes * 60:
+            if cfg.eval_interval and counters["next_eval"] <= agent_steps < cfg.total_steps and not stop:
+                score = run_evaluation()
+                if score is not None:  # a dropped evaluation runs again after a resume
+                    counters["next_eval"] = agent_steps + cfg.eval_interval
+                    if score >= cfg.target_score:
+                        stop_reason = f"target score {cfg.target_score} reached"
+                        break
+            # the first checkpoint when learning starts, then every checkpoint_interval
+            if learning and agent_steps >= counters["next_ckpt"] and not stop:
+                counters["next_ckpt"] = agent_steps + cfg.checkpoint_interval if cfg.checkpoint_interval else math.inf
+                save_checkpoint(final=False)
+            if cfg.max_minutes and wall() - counters["budget_from"] >= cfg.max_minutes * 60:
                 stop_reason = f"max_minutes ({cfg.max_minutes}) reached"
                 break
-            if interrupted:
-                stop_reason = "interrupted"
+            if stop:
                 break
     finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
         env.close()
     show_progress()
 
     if learning_since is not None:
         t0, s0 = learning_since
         log.summary["learning_sps"] = round((counters["agent_steps"] - s0) / max(time.time() - t0, 1e-9), 1)
-    if stop_reason != "interrupted" and cfg.final_eval:
-        run_evaluation(final=True)
-    save_checkpoint()
+    evals = log.summary.get("evals", [])
+    if not stop and cfg.final_eval and not (evals and evals[-1]["agent_steps"] == counters["agent_steps"]):
+        run_evaluation(final=True)  # (unless the evaluation that reached --target-score was at this step)
+    if stop:
+        stop_reason = "interrupted"
+        bar.write(f"{stop.name}: writing the checkpoint (again to exit at once; the last checkpoint stays intact)")
+    save_checkpoint(final=True)
     log.write_summary(**progress_fields(), stop_reason=stop_reason)
     log.close()
     bar.close()  # after the final evaluation, whose progress it shows
     print(f"{stop_reason}; checkpoint {ckpt_path}", file=sys.stderr)
     return log.summary
+
+
+def describe_resume(cfg: TrainConfig, ckpt_file: Path, state: dict, counters: dict, replay_state: dict | None,
+                    replay_note: str, env_seed: int) -> str:
+    """What a resume restored, and what it could not."""
+    restored = ["online and target networks", "optimizer", "counters and replay-ratio credit",
+                f"epsilon {epsilon_at(cfg, counters['schedule_steps']):.3f} and beta "
+                f"{beta_at(cfg, counters['schedule_steps']):.3f}", "RNG streams (acting, replay sampling, torch)"]
+    lines = [f"resumed {ckpt_file} at step {counters['agent_steps']:,}",
+             "  restored: " + ", ".join(restored + ([replay_note] if replay_state is not None else []))]
+    missing = [f"games in progress (EnvPool cannot save them): the envs start new games, seeded {env_seed} "
+               "from the saved acting stream"]
+    if replay_state is None:
+        missing.append(f"the replay ({replay_note}): it refills for {cfg.learning_starts:,} steps "
+                       "(--learning-starts) while epsilon and beta wait")
+    lines.append("  not restored: " + "; ".join(missing))
+    if counters["budget_from"] and cfg.max_minutes:
+        lines.append(f"  --max-minutes {cfg.max_minutes:g} counts from this resume (--total-steps was raised)")
+    return "\n".join(lines)
 
 
 def _numpy(x) -> np.ndarray:

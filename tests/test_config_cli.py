@@ -29,10 +29,12 @@ def test_every_preset_is_valid(preset):
 
 @pytest.mark.parametrize(
     "changes, message",
-    [(dict(gamma=1.5), "gamma"), (dict(batch_size=0), "batch_size"), (dict(replay_ratio=0), "replay_ratio"),
-     (dict(tau=2.0), "tau"), (dict(device="tpu"), "device"), (dict(eps_final=-0.1), "eps_final")],
+    [(dict(gamma=1.5), "--gamma"), (dict(batch_size=0), "--batch-size"), (dict(replay_ratio=0), "--replay-ratio"),
+     (dict(tau=2.0), "--tau"), (dict(device="tpu"), "--device"), (dict(eps_final=-0.1), "--eps-final"),
+     (dict(eps_schedule="exp", eps_decay_steps=0), "--eps-decay-steps"),
+     (dict(env=dict(num_envs=4, batch_size=8)), "--env-batch-size")],
 )
-def test_bad_values_are_refused_by_name(changes, message):
+def test_bad_values_are_refused_by_the_flag_the_user_types(changes, message):
     with pytest.raises(ValueError, match=message):
         make_config("cartpole", **changes)
 

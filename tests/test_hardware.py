@@ -150,3 +150,17 @@ def test_cpu_learner_channels_last_update_equals_the_plain_contiguous_update():
         torch.testing.assert_close(out["loss"], loss_ref, rtol=1e-4, atol=1e-6)
     for mine, ref in zip(learner.q_network.parameters(), reference.parameters()):
         torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_training_prints_and_records_the_precision_it_chose(tmp_path, capsys, monkeypatch):
+    from fastdqn.config import make_config
+    from fastdqn.train import train
+
+    monkeypatch.setattr(hardware, "cpu_info", lambda: _cpu(["avx2"]))  # a CPU without bf16
+    cfg = make_config("cartpole", run_dir=str(tmp_path / "run"), total_steps=300, learning_starts=100,
+                      eval_interval=0, final_eval=False, checkpoint_interval=0, precision="bf16")
+    summary = train(cfg, progress=False)
+    assert cfg.precision == "bf16" and summary["precision_used"] == "bf16"
+    assert "SLOW" in summary["precision_reason"]
+    assert summary["machine"]["cpu"] == "Test CPU" and summary["machine"]["cpu_flags"] == ["avx2"]
+    assert "warning: precision bf16: asked for, but SLOW here" in capsys.readouterr().err

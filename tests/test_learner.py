@@ -420,3 +420,16 @@ def test_bf16_target_kept_cast_gives_the_same_numbers_as_casting_every_time():
                                    rtol=0, atol=0)
     for a, b in zip(kept.target_network.parameters(), recast.target_network.parameters()):
         assert torch.equal(a, b)
+
+
+def test_learner_bench_profile_reports_top_ops_and_page_faults(capsys):
+    from fastdqn.bench import learner as bench
+
+    report = bench.main(["--profile", "--quick", "--device", "cpu", "--batch-sizes", "4",
+                         "--modes", "plain,fp32-eager"])
+    assert set(report["modes"]) == {"plain", "fp32-eager"} and report["batch_size"] == 4
+    for mode in report["modes"].values():
+        assert mode["ms_per_update"] > 0 and mode["page_faults_per_update"] >= 0
+        ops = [op["op"] for op in mode["top_ops"]]
+        assert any("conv" in op for op in ops)  # the update's convolutions were profiled
+    assert "page faults/update" in capsys.readouterr().out

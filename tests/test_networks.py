@@ -35,6 +35,12 @@ def test_nature_cnn_scales_uint8_frames_by_255():
     torch.testing.assert_close(net(x), expected, rtol=0, atol=0)
     # and the scaling matters: the unscaled input gives something else
     assert not torch.allclose(net.head(net.torso(x.float())), expected)
+    # float frames are scaled too, without touching the caller's tensor (channels_last too)
+    frames = x.float()
+    for _ in range(2):
+        torch.testing.assert_close(net(frames), expected, rtol=1e-6, atol=1e-6)
+        assert torch.equal(frames, x.float())
+        net = net.to(memory_format=torch.channels_last)
 
 
 def test_nature_cnn_bf16_autocast_close_to_fp32_with_q_in_fp32():

@@ -1,10 +1,8 @@
 """End-to-end training behaviour: learning, resume after a hard kill, failures that lose nothing."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -31,51 +29,21 @@ def test_cartpole_preset_solves_within_its_budget(tmp_path):
     assert on_disk["best_eval_mean_return"] == summary["best_eval_mean_return"]
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path):
-    run_dir = tmp_path / "run"
-    common = ["--preset", "cartpole", "--run-dir", str(run_dir), "--no-progress", "--checkpoint-interval", "3000",
-              "--eval-interval", "0"]
-    proc = subprocess.Popen(fastdqn_cmd("train", *common), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt = run_dir / "checkpoint.pt"
-    deadline = time.time() + 240
-    steps_at_kill = 0
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists():
-            steps_at_kill = checkpoint.load(ckpt)["counters"]["agent_steps"]
-            if steps_at_kill >= 9000:
-                break
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.stderr.read().decode()
-    proc.send_signal(signal.SIGKILL)  # no chance to clean up
-    proc.wait()
-    proc.stderr.close()
-    saved = checkpoint.load(ckpt)
-    assert saved["counters"]["agent_steps"] >= 9000
-    out = subprocess.run(fastdqn_cmd("train", "--resume", *common), capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert f"resumed {ckpt} at step {saved['counters']['agent_steps']:,}" in out.stderr
-    summary = json.loads((run_dir / "summary.json").read_text())
-    final = checkpoint.load(ckpt)
-    assert final["counters"]["agent_steps"] >= summary["config"]["total_steps"]
-    assert final["counters"]["updates"] > saved["counters"]["updates"]
-    # learning unharmed: the resumed run still solves CartPole
-    assert summary["best_eval_mean_return"] >= 475, summary
-
-
-def test_corrupt_checkpoint_is_refused_and_the_previous_one_named(tmp_path):
+def test_corrupt_checkpoint_resumes_from_the_previous_one_and_says_so(tmp_path):
     run_dir = tmp_path / "run"
     cfg = make_config("cartpole", run_dir=str(run_dir), total_steps=600, learning_starts=200,
-                      checkpoint_interval=200, eval_interval=0, eval_episodes=1)
+                      checkpoint_interval=200, eval_interval=0, final_eval=False, torch_threads=1)
     train(cfg, progress=False)
     ckpt = run_dir / "checkpoint.pt"
-    good_prev = ckpt.with_name("checkpoint.pt.prev").read_bytes()
+    prev_steps = checkpoint.load(ckpt.with_name("checkpoint.pt.prev"))["counters"]["agent_steps"]
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
-    out = subprocess.run(fastdqn_cmd("train", "--resume", "--run-dir", str(run_dir), "--no-progress"),
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    assert "cannot read checkpoint" in out.stderr and "previous checkpoint is kept" in out.stderr
-    assert ckpt.with_name("checkpoint.pt.prev").read_bytes() == good_prev  # nothing lost
+    out = subprocess.run(fastdqn_cmd("train", "--resume", "--run-dir", str(run_dir), "--no-progress",
+                                     "--total-steps", "800"), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"cannot read checkpoint {ckpt}" in out.stderr and "resuming from the previous checkpoint" in out.stderr
+    assert f"resumed {ckpt}.prev at step {prev_steps:,}" in out.stderr
+    assert "weights_only" not in out.stderr
+    assert checkpoint.load(ckpt)["counters"]["agent_steps"] == 800
 
 
 def test_nan_loss_stops_the_run_with_a_clear_message(tmp_path, monkeypatch):

@@ -624,6 +624,11 @@ class PrioritizedReplay:
 
     # ------------------------------------------------------------------ bookkeeping
 
+    @property
+    def rng(self) -> np.random.Generator:
+        """The sampler's random stream (a checkpoint saves its state even without the replay)."""
+        return self._rng
+
     def __len__(self) -> int:
         """Records stored (at most lane * num_envs)."""
         return int(np.minimum(self._written, self.lane).sum())

@@ -23,6 +23,7 @@ Batch used by several tests (rows A and B):
 """
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -223,10 +224,22 @@ def test_polyak_target_update_moves_tau_of_the_way_every_update():
     assert not torch.allclose(_weights(learner.target_network), _weights(learner.q_network))
 
 
-def test_rmsprop_and_adam_eps_options():
+def test_rmsprop_step_is_the_nature_dqn_centered_rmsprop_worked_by_hand():
+    # Row A alone: delta = 2 > 1, so the Huber gradient w.r.t. Q(s_A, 0) is 1 and the gradient
+    # of W is [[4, 0], [0, 0]] (norm 4 < 10: not clipped). Centered RMSprop, alpha 0.95,
+    # eps 0.01, first step from zero state:
+    #   square_avg = 0.05 * 16 = 0.8,  grad_avg = 0.05 * 4 = 0.2
+    #   denom = sqrt(0.8 - 0.2^2) + 0.01 = sqrt(0.76) + 0.01,  W[0,0] -= 0.1 * 4 / denom
+    # (non-centered would give 1 - 0.4 / (sqrt(0.8) + 0.01); alpha 0.99 or another eps differ too)
     learner = tiny_learner(optimizer="rmsprop")
     assert isinstance(learner.optimizer, torch.optim.RMSprop)
     learner.update(make_batch([ROW_A]))
+    expected = 1.0 - 0.1 * 4.0 / (math.sqrt(0.76) + 0.01)  # 0.546372...
+    torch.testing.assert_close(learner.q_network.lin.weight,
+                               torch.tensor([[expected, 0.0], [0.0, 1.0]]), rtol=0, atol=1e-6)
+
+
+def test_adam_eps_option():
     learner = tiny_learner(adam_eps=1e-3)
     assert isinstance(learner.optimizer, torch.optim.Adam)
     assert learner.optimizer.param_groups[0]["eps"] == 1e-3

@@ -12,8 +12,8 @@ forwards) and ``cleanrl`` (CleanRL's dqn_atari update: no dueling, max over the 
 net, two forwards, MSE). All train from the same seed on random uint8 batches (4, 84, 84),
 6 actions. Ratios are to ``plain``. One process setting reaches every mode alike: the
 Learner tunes glibc's allocator (fastdqn.hardware.keep_freed_memory) when the first one is
-built, so the baselines run without page faults too (they would fault ~800 pages per update
-on their own: their ratios here are conservative for fastdqn).
+built, so the baselines run without page faults too (on their own they can fault thousands
+of pages per update, see --profile: their ratios here are conservative for fastdqn).
 
 The modes are timed in interleaved rounds (fp32, bf16, ..., fp32, bf16, ...) so that a
 load from another process spreads over all of them alike. Ratios are to ``plain`` of the
@@ -235,7 +235,7 @@ def _headline(rates: list[float], others: list[float | None]) -> tuple[float, in
 
 
 def format_table(report: dict) -> str:
-    ratio_to = report.get("ratio_to", "plain")
+    ratio_to = report["ratio_to"]
     lines = [f"learner on {report['device']} ({report['device_name']}), torch {report['torch']}, "
              f"{report['threads']} threads; precision auto here: {report['auto_precision']}",
              f"{'batch':>5}  {'mode':<16} {'ms/update':>10} {'updates/s':>10} {'samples/s':>10} "

@@ -2,7 +2,8 @@
 
 bf16 pays only where the hardware computes in it: CUDA GPUs of compute capability 8.0 or
 newer, and CPUs with ``avx512_bf16`` or AMX. Elsewhere torch emulates bf16 on the CPU, and
-a bf16 update runs several times SLOWER than fp32 (3-17x measured: bench/learner.py).
+a bf16 update runs several times SLOWER than fp32 (bench/learner.py: 14-17x here with the
+ISA capped to AVX2; 3-8x on a reviewer's AVX2 EPYC).
 oneDNN's and ATen's own ISA caps (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``) are
 honoured: with them set below AVX-512 the bf16 instructions are not used even where the
 CPU has them.
@@ -132,8 +133,8 @@ def keep_freed_memory() -> bool:
     By default glibc serves every allocation above 128 KB-32 MB with a fresh mmap and returns
     it to the OS on free. A CPU update allocates its activations and gradients afresh every
     time (a 32 x 4 x 84 x 84 fp32 input is 3.6 MB, a dueling fc layer's gradient 6.4 MB), so
-    each update page-faulted ~800 fresh pages in: ~20 % of an update at batch 32
-    (bench/learner.py). Raising the mmap threshold and the trim threshold keeps those blocks
+    an update could page-fault thousands of fresh pages in (4,716 per update in
+    docs/learner-profile.md; `fastdqn bench learner --profile` counts them). Raising the mmap threshold and the trim threshold keeps those blocks
     in the heap, where the next update finds them already mapped. Larger blocks (the replay's
     gigabytes) are still mmapped as before. Returns whether the setting took.
     FASTDQN_DEFAULT_MALLOC=1 in the environment leaves glibc's defaults alone.

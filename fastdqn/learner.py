@@ -26,9 +26,8 @@ Execution paths (same numerics, same code for the update itself):
   its backward) in torch.compile; Adam is the fused CPU kernel either way. Two process
   settings that cost nothing in numbers: fp32 conv nets run channels_last (on AVX2,
   oneDNN's weight gradient of the first conv is ~2.7x faster so), and glibc keeps freed
-  blocks mapped
-  (hardware.keep_freed_memory: no page faults on each update's fresh activations and
-  gradients). bench/learner.py measures every path; docs/learner-profile.md has the
+  blocks mapped (hardware.keep_freed_memory: no page faults on each update's fresh
+  activations and gradients). bench/learner.py measures every path; docs/learner-profile.md has the
   profile before and after.
 - CUDA, ``cuda_graph=True``: :meth:`Learner.update_many` captures K = updates_per_graph
   consecutive updates on K pre-sampled batches into one CUDA graph and replays it; see

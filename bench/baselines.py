@@ -2,7 +2,8 @@
 
 Written the way a newcomer would write them (CleanRL-style): one environment stepped at a
 time, the stacked observation AND the stacked next observation stored for every transition,
-uniform sampling with NumPy fancy indexing, an fp32 eager update. Same game and replay
+uniform sampling with NumPy fancy indexing, an fp32 eager update (on the GPU where fastdqn
+runs on one, as CleanRL does: batches sampled on the host, then copied). Same game and replay
 ratio as the fastdqn side; nothing is slowed down on purpose. Two updates (PlainUpdate):
 
 - "plain": fastdqn's algorithm written plainly: dueling Nature CNN, double-Q target (three
@@ -23,21 +24,24 @@ from fastdqn.networks import make_q_network
 
 
 class PlainUpdate:
-    """One fp32 eager update of the kind above; ``__call__`` takes a batch of tensors."""
+    """One fp32 eager update of the kind above; ``__call__`` takes a batch of tensors (moved
+    to ``device`` first, if they are elsewhere)."""
 
     KINDS = ("plain", "cleanrl")
 
-    def __init__(self, kind: str, obs_shape, n_actions: int, gamma: float = 0.99, lr: float = 1e-4):
+    def __init__(self, kind: str, obs_shape, n_actions: int, gamma: float = 0.99, lr: float = 1e-4,
+                 device: str | torch.device = "cpu"):
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
-        self.kind, self.gamma = kind, gamma
+        self.kind, self.gamma, self.device = kind, gamma, torch.device(device)
         dueling = kind == "plain"
-        self.q_network = make_q_network(obs_shape, n_actions, dueling=dueling)
-        self.target_network = make_q_network(obs_shape, n_actions, dueling=dueling)
+        self.q_network = make_q_network(obs_shape, n_actions, dueling=dueling).to(self.device)
+        self.target_network = make_q_network(obs_shape, n_actions, dueling=dueling).to(self.device)
         self.target_network.load_state_dict(self.q_network.state_dict())
         self.optimizer = torch.optim.Adam(self.q_network.parameters(), lr=lr, eps=1.5e-4)
 
     def __call__(self, obs, actions, rewards, next_obs, dones) -> None:
+        obs, actions, rewards, next_obs, dones = (x.to(self.device) for x in (obs, actions, rewards, next_obs, dones))
         with torch.no_grad():
             if self.kind == "plain":  # double Q
                 next_actions = self.q_network(next_obs).argmax(1, keepdim=True)
@@ -90,7 +94,7 @@ def _make_single_env(game: str, seed: int):
 
 def plain_loop(game: str = "Breakout-v5", *, learn: bool, warmup_steps: int, measure_steps: int,
                train_every: int = 4, batch_size: int = 32, capacity: int = 20_000, epsilon: float = 0.05,
-               gamma: float = 0.99, seed: int = 0, kind: str = "plain") -> dict:
+               gamma: float = 0.99, seed: int = 0, kind: str = "plain", device: str | torch.device = "cpu") -> dict:
     """Single-env acting (+ learning when `learn`, with the PlainUpdate ``kind``): agent steps
     per second after warm-up. Replay ratio = batch_size / train_every (8 with the defaults).
     """
@@ -98,7 +102,7 @@ def plain_loop(game: str = "Breakout-v5", *, learn: bool, warmup_steps: int, mea
     rng = np.random.default_rng(seed)
     env = _make_single_env(game, seed)
     n_actions = env.action_space.n
-    update = PlainUpdate(kind, env.observation_space.shape, n_actions, gamma)
+    update = PlainUpdate(kind, env.observation_space.shape, n_actions, gamma, device=device)
     q_network = update.q_network
     rb = PlainReplay(capacity, env.observation_space.shape, env.observation_space.dtype)
     obs, _ = env.reset()
@@ -110,7 +114,7 @@ def plain_loop(game: str = "Breakout-v5", *, learn: bool, warmup_steps: int, mea
             action = np.array([rng.integers(n_actions)])
         else:
             with torch.no_grad():
-                action = q_network(torch.as_tensor(obs)).argmax(1).numpy()
+                action = q_network(torch.as_tensor(obs, device=update.device)).argmax(1).cpu().numpy()
         next_obs, reward, terminated, truncated, info = env.step(action)
         done = terminated[0] or truncated[0]
         # EnvPool auto-resets on the next step; the newcomer stores every transition as it comes

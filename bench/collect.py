@@ -16,19 +16,22 @@ each other while EnvPool holds the cores).
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python bench/NAME.py): see bench/_checkout.py
+    import _checkout  # noqa: F401
+
 import argparse
 
 import numpy as np
 import torch
 
 from fastdqn.acting import select_actions
-from fastdqn.bench.baselines import plain_loop
-from fastdqn.bench.common import interleaved_ratio, machine, print_machine, progress, rate, table, write_json
-from fastdqn.bench.env import measure as raw_env_sps
 from fastdqn.envs import EnvConfig, VecEnv
 from fastdqn.hardware import resolve_precision
 from fastdqn.networks import make_q_network
 from fastdqn.replay import PrioritizedReplay
+from .baselines import plain_loop
+from .common import interleaved_ratio, machine, print_machine, progress, rate, table, write_json
+from .env import measure as raw_env_sps
 
 
 def pipeline_sps(game: str, num_envs: int, batch_size: int, num_threads: int, seconds: float,

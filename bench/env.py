@@ -8,11 +8,14 @@ The baseline is the newcomer's way: one environment stepped at a time.
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python bench/NAME.py): see bench/_checkout.py
+    import _checkout  # noqa: F401
+
 import argparse
 
 import numpy as np
 
-from fastdqn.bench.common import machine, print_machine, progress, rate, table, write_json
+from .common import machine, print_machine, progress, rate, table, write_json
 
 # (num_envs, batch_size, num_threads); batch_size < num_envs is async mode
 DEFAULT_SWEEP = [(1, 1, 1), (8, 8, 2), (16, 16, 2), (32, 16, 2), (32, 8, 2), (64, 32, 2), (96, 32, 2)]

@@ -8,7 +8,9 @@ Compares, on the same ring, the same random indices and the same output buffer, 
 kernel ``ring.gather_window`` (what ``PrioritizedReplay.sample`` runs) with its C++ twin
 (``fastdqn.replay.native``). With CUDA it also measures the two ways of getting a batch to
 the GPU: the device gather from a ring kept in GPU memory (only the indices cross the bus)
-and the host path (Numba gather into pinned memory, then a host-to-device copy). Each call
+and the host path (Numba gather into pinned memory, then a host-to-device copy). Before any
+timing, every kernel must reproduce the Numba windows of one batch that includes the ring's
+last records (``identical_to_numba``; ``checked_up_to_byte``: past 4 GiB at 1M frames). Each call
 of a CUDA figure ends with a synchronize, so those are latencies, not overlapped throughput.
 The tree is not part of it: indices are uniform over the ring (see bench/replay.py for
 sample + update). Rates are the best of a few interleaved rounds; next to each, how many
@@ -17,6 +19,9 @@ cores other processes kept busy meanwhile (0 = a quiet machine).
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python bench/NAME.py): see bench/_checkout.py
+    import _checkout  # noqa: F401
+
 import argparse
 import itertools
 import time
@@ -24,9 +29,9 @@ import time
 import numpy as np
 import torch
 
-from fastdqn.bench.common import OtherLoad, fmt, machine, print_machine, progress, rate, table, write_json
 from fastdqn.replay import native, ring
 from fastdqn.replay.buffer import _zeros
+from .common import OtherLoad, fmt, machine, print_machine, progress, rate, table, write_json
 
 
 def make_ring(num_slots: int, frame_size: int, stack: int, seed: int = 0):
@@ -96,8 +101,12 @@ def run(capacity: int = 1_000_000, num_envs: int = 16, batch_sizes=(32, 256), st
 
             methods.update(cuda_gather=device_gather, host_gather_copy=host_then_copy)
 
-        # Every method must produce the Numba window on one batch before it is timed.
-        indices = next(pool)
+        # Every method must produce the Numba window on one batch before it is timed: random
+        # records and the ring's first and last ones (at 1M Atari frames these sit past 4 GiB,
+        # so the kernels' 64-bit offsets are checked too).
+        indices = next(pool).clone()
+        edges = torch.tensor([0, lane - 1, num_slots - lane, num_slots - 2, num_slots - 1])[:batch]
+        indices[:len(edges)] = edges
         ring.gather_window(indices.numpy(), frames, back, lane, stack, reference)
         identical = {}
         if have_cpp:
@@ -120,7 +129,8 @@ def run(capacity: int = 1_000_000, num_envs: int = 16, batch_sizes=(32, 256), st
                 f"{k} {v['round_samples_per_s'][-1]:,.0f}/s" for k, v in best.items()), show_progress)
         for figure in best.values():
             figure["bytes_per_s"] = figure["samples_per_s"] * width * frame_size
-        rows.append({"batch_size": batch, "identical_to_numba": identical, **best})
+        rows.append({"batch_size": batch, "identical_to_numba": identical,
+                     "checked_up_to_byte": (int(indices.max()) + 1) * frame_size, **best})
 
     return {
         "benchmark": "gather",

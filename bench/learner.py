@@ -2,11 +2,11 @@
 
     python bench/learner.py                      # batch 32 and 256, all modes of this machine
     python bench/learner.py --json out.json --threads 2 --seconds 20
-    python -m fastdqn.bench.learner --quick      # tiny smoke run
+    python -m bench.learner --quick              # tiny smoke run (from the repository root)
 
 Modes: ``<precision>-<path>`` with precision fp32 | bf16 and path eager | compile | graph
 (graph: CUDA only, K updates per replay): fastdqn's Learner (dueling Nature CNN, Adam,
-Huber, double Q, hard target every 8000). Two baselines, fp32 eager, written plainly
+Huber, double Q, hard target every 8000). Two baselines, fp32 eager on the same device, written plainly
 (bench/baselines.py PlainUpdate): ``plain`` (the same algorithm: dueling, double Q, three
 forwards) and ``cleanrl`` (CleanRL's dqn_atari update: no dueling, max over the target
 net, two forwards, MSE). All train from the same seed on random uint8 batches (4, 84, 84),
@@ -27,6 +27,9 @@ Compile / capture time is reported apart (``warmup_s``) and never timed as throu
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python bench/NAME.py): see bench/_checkout.py
+    import _checkout  # noqa: F401
+
 import argparse
 import copy
 import sys
@@ -35,11 +38,11 @@ import time
 import numpy as np
 import torch
 
-from fastdqn.bench.baselines import PlainUpdate
-from fastdqn.bench.common import OtherLoad, machine, print_machine, write_json
 from fastdqn.hardware import keep_freed_memory, resolve_precision
 from fastdqn.learner import Learner
 from fastdqn.networks import make_q_network
+from .baselines import PlainUpdate
+from .common import OtherLoad, machine, print_machine, write_json
 
 BASELINES = PlainUpdate.KINDS  # ("plain", "cleanrl")
 CPU_MODES = BASELINES + ("fp32-eager", "bf16-eager", "fp32-compile", "bf16-compile")
@@ -63,7 +66,7 @@ def random_batches(n: int, batch_size: int, seed: int = 0) -> list[dict[str, np.
 def _make(mode: str, net: torch.nn.Module, device: torch.device, k: int):
     if mode in BASELINES:
         torch.manual_seed(0)
-        return PlainUpdate(mode, (4, 84, 84), NUM_ACTIONS)  # (CPU only)
+        return PlainUpdate(mode, (4, 84, 84), NUM_ACTIONS, device=device)
     precision, path = mode.split("-")
     return Learner(copy.deepcopy(net), precision=precision, compile=path == "compile",
                    cuda_graph=path == "graph", updates_per_graph=k, device=device)
@@ -98,8 +101,6 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
     if modes is None:
         modes = GPU_MODES if device.type == "cuda" else CPU_MODES
     modes = list(modes)
-    if device.type == "cuda":
-        modes = [m for m in modes if m not in BASELINES]  # the baselines are CPU code
     base_mode = "plain" if "plain" in modes else "fp32-eager"
     if base_mode not in modes:
         modes.insert(0, base_mode)  # the baseline of every ratio

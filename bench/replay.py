@@ -16,6 +16,9 @@ out fresh memory (a bare page-touch loop) is printed beside it as its bound.
 
 from __future__ import annotations
 
+if not __package__:  # run as a file (python bench/NAME.py): see bench/_checkout.py
+    import _checkout  # noqa: F401
+
 import argparse
 import os
 import sys
@@ -23,9 +26,9 @@ import time
 
 import numpy as np
 
-from fastdqn.bench.common import OtherLoad, write_json
 from fastdqn.replay import PrioritizedReplay
 from fastdqn.replay.buffer import _zeros
+from .common import OtherLoad, write_json
 
 
 def _rates(step, items_per_step: int, seconds: float, chunk: float = 0.1) -> dict:

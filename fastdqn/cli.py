@@ -4,7 +4,8 @@
   fastdqn train --preset breakout-cpu      Breakout on a small CPU (60 minutes)
   fastdqn eval RUN_DIR --video game.mp4    full-game evaluation of a run's checkpoint
   fastdqn push RUN_DIR --repo-id USER/NAME share it on the Hugging Face Hub; fastdqn eval hf://USER/NAME
-  fastdqn plot RUN_DIR                     learning-curve PNG from the run's logs
+  fastdqn plot RUN_DIR [RUN_DIR ...]       learning-curve PNG from the runs' logs (several: overlaid)
+  fastdqn suite --games atari5 --steps N   one run per game, human-normalised scores (median, IQM)
   fastdqn presets | fastdqn envs           what the presets set; the games
   fastdqn bench all                        the frames-per-second tables
 """
@@ -17,9 +18,10 @@ import json
 import sys
 import textwrap
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
-BENCHMARKS = ("env", "collect", "replay", "gather", "learner", "train")
+BENCHMARKS = ("env", "collect", "replay", "gather", "learner", "train", "apex")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -63,6 +65,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.video:
         require_encoder()
     cfg, obs_shape, num_actions, weights = load_agent(args.checkpoint)
+    if args.episodic_life is not None:
+        cfg.env = replace(cfg.env, episodic_life=args.episodic_life)
     if args.gif and not is_atari(cfg.env.env_id):
         raise ValueError(f"--gif shows the agent's 84x84 Atari frames; {cfg.env.env_id} has none: use --video "
                          "for an MP4 of any game")
@@ -73,6 +77,8 @@ def _eval(args: argparse.Namespace) -> int:
     result = evaluate(learner.q_network, cfg.env, episodes=args.episodes, epsilon=args.eps,
                       max_steps=args.max_steps, device=device, precision=learner.precision, seed=args.seed,
                       gif_path=args.gif, recorder=recording)
+    if is_atari(cfg.env.env_id):
+        result["episodic_life"] = cfg.env.episodic_life
     if recording is not None:
         recording.close()
         result["video"] = str(args.video)
@@ -118,13 +124,21 @@ def _envs(args: argparse.Namespace) -> int:
 
 def _plot(args: argparse.Namespace) -> int:
     from fastdqn.paths import require_writable
-    from fastdqn.plot import plot_run
+    from fastdqn.plot import plot_runs
 
-    if not Path(args.run_dir).is_dir():
-        raise FileNotFoundError(f"no run directory at {args.run_dir}")
-    require_writable(args.out or Path(args.run_dir) / "learning_curve.png", "--out")
-    print(plot_run(args.run_dir, args.out))
+    for run_dir in args.run_dir:
+        if not Path(run_dir).is_dir():
+            raise FileNotFoundError(f"no run directory at {run_dir}")
+    default = Path(args.run_dir[0]) / "learning_curve.png" if len(args.run_dir) == 1 else Path("learning_curves.png")
+    require_writable(args.out or default, "--out")
+    print(plot_runs(args.run_dir, args.out or default))
     return 0
+
+
+def _suite(args: argparse.Namespace) -> int:
+    from fastdqn import suite
+
+    return suite.run(args)
 
 
 def _bench(args: argparse.Namespace, rest: list[str], bench_parser: argparse.ArgumentParser) -> int:
@@ -143,7 +157,10 @@ def _bench(args: argparse.Namespace, rest: list[str], bench_parser: argparse.Arg
         rest = rest + ["--json", args.json]
     results = {}
     for name in names:
-        module = importlib.import_module(f"fastdqn.bench.{name}")
+        try:
+            module = importlib.import_module(f"fastdqn.bench.{name}")
+        except ModuleNotFoundError:  # a bare checkout run as `python -m fastdqn.cli`: bench/ is at the top
+            module = importlib.import_module(f"bench.{name}")
         results[name] = module.main(rest)
     if args.json and len(names) > 1:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -152,6 +169,7 @@ def _bench(args: argparse.Namespace, rest: list[str], bench_parser: argparse.Arg
 
 def build_parser() -> argparse.ArgumentParser:
     from fastdqn.config import add_arguments
+    from fastdqn.suite import add_arguments as suite_arguments
 
     parser = argparse.ArgumentParser(prog="fastdqn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_arguments(p)
 
-    p = sub.add_parser("eval", help="full-game evaluation of a checkpoint (no episodic life, real scores)")
+    p = sub.add_parser("eval", help="full-game evaluation of a checkpoint (the training game, real scores)")
     p.add_argument("checkpoint", help="a checkpoint.pt, a run directory, a folder written by fastdqn push "
                                       "--local-dir, or hf://USER/NAME (needs the hub extra)")
     p.add_argument("--episodes", type=int, default=10, help="games to play (one per env)")
@@ -173,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=Path, default=None, help="record env 0's game as an MP4 in RGB at real speed "
                                                           "(needs the video extra)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--episodic-life", action=argparse.BooleanOptionalAction, default=None,
+                   help="Atari: start each life with the reset's no-ops and FIRE, as in training (default: as the "
+                        "run was trained). --no-episodic-life makes the agent serve for itself after a lost life, "
+                        "as fastdqn evaluated before 0.2: scores are not comparable")
 
     p = sub.add_parser("push", help="share a trained agent on the Hugging Face Hub (weights, config, scores, "
                                     "learning curve, video, model card)")
@@ -185,9 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="each preset and the flags it sets")
     sub.add_parser("envs", help="EnvPool's Atari and classic-control tasks")
 
-    p = sub.add_parser("plot", help="learning-curve PNG from a run directory")
-    p.add_argument("run_dir", help="a run directory (TensorBoard events)")
-    p.add_argument("--out", default=None, help="output PNG (default RUN_DIR/learning_curve.png)")
+    p = sub.add_parser("plot", help="learning-curve PNG from run directories (several: overlaid, one colour each)")
+    p.add_argument("run_dir", nargs="+", help="run directories (TensorBoard events)")
+    p.add_argument("--out", default=None, help="output PNG (default: RUN_DIR/learning_curve.png for one run, "
+                                               "./learning_curves.png for several)")
+
+    p = sub.add_parser("suite", help="train one run per game (Atari-5 by default) and report human-normalised scores",
+                       description="Train each game in OUT/<Game>, then write OUT/suite.md, suite.json, suite.png "
+                       "and curves.png. Running the same command again skips finished games and resumes an "
+                       "interrupted one. Every `fastdqn train` flag applies to each game.")
+    suite_arguments(p)
 
     p = sub.add_parser("bench", help="benchmarks; options after the name go to that benchmark "
                                      "(e.g. fastdqn bench replay --help)", add_help=False)
@@ -208,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     commands = {"train": _train, "eval": _eval, "push": _push, "presets": _presets, "envs": _envs, "plot": _plot,
+                "suite": _suite,
                 "bench": lambda a: _bench(a, rest, parser.bench_parser)}
     try:
         return commands[args.command](args)

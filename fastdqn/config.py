@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastdqn.envs import EnvConfig
+from fastdqn.envs import EnvConfig, protocol_options
 from fastdqn.envs import validate as validate_env
 
 
@@ -33,7 +33,7 @@ class TrainConfig:
     exp_name: str = _f("", "experiment name in the default run directory and in W&B; default: the preset's name, else dqn")
     seed: int = _f(0, "seed of torch, NumPy and the replay sampler (the env pool's own seed is --env-seed)")
     device: str = _f("auto", "auto, cpu or cuda")
-    torch_threads: int = _f(0, "CPU threads for torch; 0 = auto (1 for small MLPs, where more threads only add overhead; all cores for the CNN)")
+    torch_threads: int = _f(0, "CPU threads for torch; 0 = auto (1 for small MLPs, where more threads only add overhead; all cores for the CNN on a CPU, less those of local Ray actors; 1 on a GPU, whose host work is only copies)")
     total_steps: int = _f(10_000_000, "agent steps to train for (frames = steps x frame_skip)")
     # --- replay
     buffer_size: int = _f(1_000_000, "replay capacity in transitions (one frame each)")
@@ -103,6 +103,26 @@ class TrainConfig:
     wandb_entity: str = _f("", "W&B entity, a user or team (with --track); default: W&B's default")
     capture_video: bool = _f(False, "record the first game of every evaluation as an MP4 in the game's RGB frames at "
                                     "real speed: RUN_DIR/videos/, TensorBoard and W&B (needs pip install 'fastdqn[video]')")
+    # --- distributed: Ape-X-style actors on Ray (fastdqn/distributed.py)
+    actors: int = _f(0, "distributed training: this many Ray actors, each with its own EnvPool pool of --num-envs envs and "
+                        "a CPU copy of the Q-network, feed this process's learner and replay (Ape-X); 0 = no Ray, the "
+                        "single-process loop (needs pip install 'fastdqn[ray]')")
+    ray_address: str = _f("", "with --actors: the Ray cluster to join (the address `ray start --head` prints, or auto); "
+                              "default: start a local Ray on this machine")
+    actor_cpus: float = _f(1.0, "with --actors: CPUs Ray reserves for each actor (also its torch threads and, unless "
+                                "--num-threads is given, its EnvPool threads)")
+    apex_eps: float = _f(0.4, "with --actors: Ape-X's epsilon ladder: env i of all M actor envs explores with "
+                              "apex_eps ** (1 + apex_alpha * i / (M - 1)) for the whole run (the --eps-* schedule is "
+                              "not used)")
+    apex_alpha: float = _f(7.0, "with --actors: the exponent of the epsilon ladder (see --apex-eps)")
+    weights_every: int = _f(100, "with --actors: learner updates between publications of the weights; each actor "
+                                 "picks up the newest at its next chunk")
+    chunk_steps: int = _f(256, "with --actors: agent steps per chunk of records an actor ships to the learner")
+    max_inflight: int = _f(2, "with --actors: chunk requests outstanding per actor, which bounds how far actors run "
+                              "ahead of the learner (back-pressure)")
+    ratio_tolerance: float = _f(0.1, "with --actors: while it waits for data the learner may learn ahead of its "
+                                     "credit until the measured replay ratio is --replay-ratio x (1 + this)")
+    actor_restarts: int = _f(10, "with --actors: how often Ray restarts an actor whose process died; -1 = always")
 
 
 PRESETS: dict[str, dict] = {
@@ -132,9 +152,10 @@ PRESETS: dict[str, dict] = {
         checkpoint_interval=10_000,
         target_score=500.0,
     ),
-    # Breakout, the published-style setting for a GPU: 10M steps, replay ratio 8.
+    # Breakout, the published-style setting for a GPU: 10M steps, replay ratio 8, 64 envs (a GPU
+    # learner needs thousands of agent steps per second: docs/gpu.md).
     "breakout": dict(
-        env=dict(env_id="Breakout-v5", num_envs=16),
+        env=dict(env_id="Breakout-v5", num_envs=64),
     ),
     # Breakout on a small CPU (2 cores): fewer updates per step, faster exploration; precision
     # auto (bf16 only on CPUs with bf16 instructions).
@@ -182,6 +203,8 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "logging": ("log_interval", "progress_interval", "track", "wandb_project", "wandb_entity"),
     "checkpoints": ("checkpoint_interval", "save_replay", "resume"),
     "hardware": ("device", "torch_threads", "replay_device", "precision", "compile", "cuda_graph", "updates_per_graph"),
+    "distributed": ("actors", "ray_address", "actor_cpus", "apex_eps", "apex_alpha", "weights_every", "chunk_steps",
+                    "max_inflight", "ratio_tolerance", "actor_restarts"),
 }
 
 
@@ -229,10 +252,24 @@ def make_config(preset: str | None = None, env: dict | None = None, **overrides)
     """A TrainConfig from a preset name plus overrides (env options in ``env``)."""
     base = dict(PRESETS[preset]) if preset else {}
     base["exp_name"] = preset or "dqn"
-    env_options = {**base.pop("env", {}), **(env or {})}
+    env_options = with_protocol(base.pop("env", {}), env or {})
     cfg = TrainConfig(env=EnvConfig(**env_options), **{**base, **overrides})
     validate(cfg)
     return cfg
+
+
+def with_protocol(preset_env: dict, env: dict) -> dict:
+    """The env options of a run: the preset's, then the group that a ``protocol`` given by the user
+    sets, then the options the user gave one by one (which win)."""
+    merged = {**preset_env, **env}
+    if "protocol" not in env:
+        return merged
+    from fastdqn.envs import _all_env_ids, is_atari
+
+    env_id = merged.get("env_id", EnvConfig.env_id)
+    if env["protocol"] != "v4" and env_id in _all_env_ids() and not is_atari(env_id):
+        raise ValueError(f"--protocol {env['protocol']} applies to Atari games; {env_id} is not one")
+    return {**preset_env, **protocol_options(env["protocol"]), **env}
 
 
 def config_from_dict(data: dict) -> TrainConfig:
@@ -270,7 +307,7 @@ def resume_config(run_dir: str, args: argparse.Namespace) -> TrainConfig:
 
 # What a resumed run cannot change: the network's and the replay's shapes and meaning.
 FIXED_ON_RESUME = {
-    "EnvConfig": ("env_id", "num_envs", "stack_num"),
+    "EnvConfig": ("env_id", "num_envs", "stack_num", "protocol", "full_action_space"),
     "TrainConfig": ("buffer_size", "n_step", "gamma", "per_alpha", "per_eps", "dueling", "hidden", "optimizer"),
 }
 
@@ -318,6 +355,36 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"--replay-device cuda needs --device cuda (got --device {cfg.device}): the "
                          "frames would live on the GPU while the learner runs elsewhere")
     _validate_replay_size(cfg)
+    _validate_distributed(cfg)
+
+
+def _validate_distributed(cfg: TrainConfig) -> None:
+    if cfg.actors < 0:
+        raise ValueError(f"--actors must be >= 0, got {cfg.actors}")
+    if not cfg.actors:
+        if cfg.ray_address:
+            raise ValueError("--ray-address needs --actors N (N > 0): without actors there is nothing to run on Ray")
+        return
+    for name in ("actor_cpus", "weights_every", "chunk_steps", "max_inflight"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{_flag(name)} must be positive, got {getattr(cfg, name)}")
+    if not 0 < cfg.apex_eps <= 1:
+        raise ValueError(f"--apex-eps must be in (0, 1], got {cfg.apex_eps}")
+    for name in ("apex_alpha", "ratio_tolerance"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.actor_restarts < -1:
+        raise ValueError(f"--actor-restarts must be >= -1 (-1 = always), got {cfg.actor_restarts}")
+    from fastdqn.envs import is_atari
+
+    lanes = cfg.actors * cfg.env.num_envs
+    minimum = lanes * ((cfg.env.stack_num if is_atari(cfg.env.env_id) else 1) + cfg.n_step + 1)
+    if cfg.buffer_size < minimum:
+        raise ValueError(f"--buffer-size {cfg.buffer_size} is too small for --actors {cfg.actors} x --num-envs "
+                         f"{cfg.env.num_envs}: the replay has a lane per env of every actor; use at least {minimum}")
+    if cfg.learning_starts > cfg.buffer_size // lanes * lanes:
+        raise ValueError(f"--learning-starts {cfg.learning_starts} is more than the replay holds in whole lanes of "
+                         f"--actors {cfg.actors} x --num-envs {cfg.env.num_envs}: lower it or raise --buffer-size")
 
 
 def _validate_replay_size(cfg: TrainConfig) -> None:
@@ -337,6 +404,24 @@ def _validate_replay_size(cfg: TrainConfig) -> None:
         raise ValueError(f"--learning-starts {cfg.learning_starts} is more than the replay holds (--buffer-size "
                          f"{cfg.buffer_size}, {holds} in whole lanes of --num-envs {num_envs}), so learning would never "
                          "start: lower --learning-starts or raise --buffer-size")
+
+
+def protocol_record(cfg: TrainConfig) -> dict:
+    """What makes this run's scores comparable to others', for summary.json and TensorBoard: the
+    protocol's name, every option that defines it, and the options changed from the named protocol."""
+    from fastdqn.envs import describe_protocol, is_atari, protocol_deviations
+
+    env = cfg.env
+    evaluation = dict(eval_eps=cfg.eval_eps, eval_episodes=cfg.eval_episodes, eval_max_steps=cfg.eval_max_steps)
+    if not is_atari(env.env_id):
+        return dict(name=None, description=describe_protocol(env), options=evaluation, changed={})
+    options = dict(repeat_action_probability=env.repeat_action_probability, noop_max=env.noop_max,
+                   full_action_space=env.full_action_space, use_fire_reset=env.use_fire_reset,
+                   episodic_life=env.episodic_life, reward_clip=env.reward_clip, frame_skip=env.frame_skip,
+                   max_episode_steps=env.max_episode_steps, max_episode_frames=env.max_episode_steps * env.frame_skip,
+                   **evaluation)
+    changed = {name: now for name, (_, now) in protocol_deviations(env).items()}
+    return dict(name=env.protocol, description=describe_protocol(env), options=options, changed=changed)
 
 
 def to_dict(cfg: TrainConfig) -> dict:

@@ -12,9 +12,21 @@ EnvPool quirks absorbed here, once (measured on envpool 1.2.5):
 * The true game score is the sum of the unclipped ``info["reward"]`` until game over
   (``info["terminated"]``) or truncation; ``EpisodeTracker`` reports exactly that.
 
-The ``-v5`` Atari tasks are configured here with NoFrameskip-v4-like semantics by default:
-frame skip 4, no sticky actions (repeat_action_probability=0), up to 30 no-op starts, and a
-108k-frame (27k agent steps) time limit.
+Two evaluation protocols (``PROTOCOLS``) set the Atari options as a group; scores are only
+comparable under the same one:
+
+* ``v4`` (the default): the DQN / NoFrameskip-v4 settings used by the Nature DQN, Ape-X,
+  CleanRL and Tianshou tables: no sticky actions, up to 30 no-op starts, the minimal action
+  set, FIRE pressed at every reset, a life loss is a training terminal, 108k-frame games.
+* ``machado``: Machado et al. (2018), "Revisiting the Arcade Learning Environment", as
+  Dopamine runs it: sticky actions (p = 0.25), no no-op starts, the full 18-action set, no
+  life information and no automatic FIRE, 108k-frame games (Dopamine's 27k-step cap).
+
+Training and evaluation play the same game: evaluation only drops reward clipping. With
+episodic life, EnvPool's reset after a lost life presses FIRE (and applies the no-op start)
+exactly as in training, and the evaluation score still counts every life of the game.
+Evaluating without episodic life instead would make the agent serve the ball itself after
+each lost life in Breakout, something training never asked of it.
 """
 
 from __future__ import annotations
@@ -34,24 +46,55 @@ class EnvConfig:
     batch_size: int = field(default=0, metadata={"help": "envs returned per step; 0 = num_envs (sync), fewer = async"})
     num_threads: int = field(default=0, metadata={"help": "EnvPool worker threads; 0 = EnvPool's default"})
     seed: int = field(default=0, metadata={"help": "base seed of the env pool"})
-    episodic_life: bool = field(default=True, metadata={"help": "Atari, training only: a life loss is a terminal"})
+    protocol: str = field(default="v4", metadata={
+        "help": "Atari evaluation protocol, setting the options below as a group (each can still be given): v4 = "
+                "no sticky actions, up to 30 no-op starts, minimal action set, FIRE at reset, life loss as a training "
+                "terminal; machado = sticky actions 0.25, no no-op starts, full action set, no FIRE at reset, no life "
+                "information (Machado et al. 2018, as in Dopamine)", "choices": ("v4", "machado")})
+    episodic_life: bool = field(default=True, metadata={
+        "help": "Atari: a lost life ends the training episode (a terminal) and the next life starts with the reset's "
+                "no-ops and FIRE; evaluation plays the same way and scores the whole game"})
     reward_clip: bool = field(default=True, metadata={"help": "Atari, training only: clip rewards to their sign"})
-    noop_max: int = field(default=30, metadata={"help": "Atari: up to this many no-op actions at the start of a game"})
+    noop_max: int = field(default=30, metadata={"help": "Atari: up to this many no-op actions at each reset"})
     repeat_action_probability: float = field(default=0.0, metadata={"help": "Atari: sticky-action probability (0 = v4 semantics)"})
+    full_action_space: bool = field(default=False, metadata={"help": "Atari: all 18 actions instead of the game's minimal set"})
+    use_fire_reset: bool = field(default=True, metadata={"help": "Atari: press FIRE at each reset, in games that have it"})
     max_episode_steps: int = field(default=27000, metadata={"help": "time limit in agent steps (27000 = 108k frames); CartPole uses its own 500"})
     frame_skip: int = field(default=4, metadata={"help": "Atari: emulator frames per agent step"})
     stack_num: int = field(default=4, metadata={"help": "Atari: frames stacked into one observation"})
 
     def for_evaluation(self, num_envs: int | None = None, seed: int | None = None) -> "EnvConfig":
-        """The same game for scoring: full games, real rewards, synchronous stepping."""
+        """The same game for scoring: unclipped rewards, synchronous stepping, its own seeds.
+        The life handling stays as in training (see the module docstring); scores are full games."""
         return replace(
             self,
-            episodic_life=False,
             reward_clip=False,
             num_envs=num_envs or self.num_envs,
             batch_size=0,
             seed=self.seed + 10_000 if seed is None else seed,
         )
+
+
+# The options each protocol sets (the other EnvConfig fields are the same under both).
+PROTOCOLS: dict[str, dict] = {
+    "v4": dict(episodic_life=True, noop_max=30, repeat_action_probability=0.0, full_action_space=False,
+               use_fire_reset=True, max_episode_steps=27_000),
+    "machado": dict(episodic_life=False, noop_max=0, repeat_action_probability=0.25, full_action_space=True,
+                    use_fire_reset=False, max_episode_steps=27_000),
+}
+
+
+def protocol_options(protocol: str) -> dict:
+    """The env options that ``protocol`` sets; ValueError naming the choices for an unknown one."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return dict(PROTOCOLS[protocol])
+
+
+def protocol_deviations(cfg: "EnvConfig") -> dict:
+    """The options where ``cfg`` departs from its named protocol: {name: (protocol's, cfg's)}."""
+    return {name: (value, getattr(cfg, name)) for name, value in protocol_options(cfg.protocol).items()
+            if getattr(cfg, name) != value}
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,6 +126,8 @@ def validate(cfg: EnvConfig, flag_of=lambda name: name) -> None:
     if cfg.batch_size > cfg.num_envs:
         raise ValueError(f"{flag_of('batch_size')} ({cfg.batch_size}) cannot exceed {flag_of('num_envs')} "
                          f"({cfg.num_envs}): it is how many of the envs each step returns")
+    if cfg.protocol not in PROTOCOLS:
+        raise ValueError(f"{flag_of('protocol')} must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
     if not 0.0 <= cfg.repeat_action_probability < 1.0:
         raise ValueError(f"{flag_of('repeat_action_probability')} must be in [0, 1), got {cfg.repeat_action_probability}")
 
@@ -161,6 +206,8 @@ class VecEnv:
                 reward_clip=cfg.reward_clip,
                 noop_max=cfg.noop_max,
                 repeat_action_probability=cfg.repeat_action_probability,
+                full_action_space=cfg.full_action_space,
+                use_fire_reset=cfg.use_fire_reset,
                 max_episode_steps=cfg.max_episode_steps,
                 frame_skip=cfg.frame_skip,
                 stack_num=cfg.stack_num,
@@ -232,16 +279,21 @@ class VecEnv:
 
 
 def describe_protocol(cfg: EnvConfig) -> str:
-    """The evaluation protocol in words, for model cards and reports."""
+    """The protocol in words, for model cards and reports."""
     if not is_atari(cfg.env_id):
         return f"{cfg.env_id} (EnvPool classic control), episodes capped at the task's own limit"
-    sticky = (f"sticky actions p={cfg.repeat_action_probability:g}" if cfg.repeat_action_probability
-              else "v4-style (DQN/Atari NoFrameskip-v4 settings)")
-    return (f"{sticky}: frame skip {cfg.frame_skip}, up to {cfg.noop_max} no-op starts, "
-            f"{cfg.max_episode_steps:,} agent steps ({cfg.max_episode_steps * cfg.frame_skip:,} frames) at most "
-            f"per game; training {'with' if cfg.episodic_life else 'without'} episodic life and "
-            f"{'with' if cfg.reward_clip else 'without'} reward clipping; evaluation on full games "
-            "(all lives) with unclipped scores")
+    sticky = f"sticky actions p={cfg.repeat_action_probability:g}" if cfg.repeat_action_probability else "no sticky actions"
+    actions = "full 18-action set" if cfg.full_action_space else "minimal action set"
+    lives = ("a lost life is a training terminal and the next life starts with a reset (no-ops, FIRE)"
+             if cfg.episodic_life else "no life information")
+    deviations = protocol_deviations(cfg)
+    changed = (" (changed: " + ", ".join(f"{name} {now} instead of {was}" for name, (was, now) in deviations.items())
+               + ")") if deviations else ""
+    return (f"{cfg.protocol} protocol{changed}: {sticky}, frame skip {cfg.frame_skip}, up to {cfg.noop_max} no-op "
+            f"starts, {actions}, {'FIRE at reset' if cfg.use_fire_reset else 'no FIRE at reset'}, {lives}; "
+            f"{cfg.max_episode_steps:,} agent steps ({cfg.max_episode_steps * cfg.frame_skip:,} frames) at most per "
+            f"game; training rewards {'clipped to their sign' if cfg.reward_clip else 'unclipped'}; evaluation plays "
+            "the same game with unclipped rewards and scores it whole (all lives)")
 
 
 def make_env(cfg: EnvConfig, evaluation: bool = False, **overrides) -> VecEnv:

@@ -1,4 +1,5 @@
-"""Full-game evaluation: no episodic life, unclipped rewards, eval epsilon, no-op starts.
+"""Full-game evaluation: the training game (same protocol and life handling, see fastdqn.envs)
+with unclipped rewards and the evaluation epsilon; a score is the whole game, every life.
 
 Each of ``episodes`` envs plays exactly one game and its first game is the one counted, so
 short games are not over-represented. Optionally the game of env 0 is saved as a GIF made
@@ -65,6 +66,7 @@ def evaluate(q_network, env_cfg: EnvConfig, *, episodes: int, epsilon: float, ma
         "mean_return": float(returns.mean()),
         "std_return": float(returns.std()),
         "returns": returns.tolist(),
+        "lengths": lengths.tolist(),
         "mean_length": float(lengths.mean()),
         "episodes": episodes,
     }

@@ -31,7 +31,9 @@ Execution paths (same numerics, same code for the update itself):
   profile before and after.
 - CUDA, ``cuda_graph=True``: :meth:`Learner.update_many` captures K = updates_per_graph
   consecutive updates on K pre-sampled batches into one CUDA graph and replays it; see
-  ``_capture`` for what must live in device tensors.
+  ``_capture`` for what must live in device tensors. Adam is the fused, capturable kernel;
+  cuDNN picks its convolutions by timing them (``cudnn.benchmark``) unless determinism is
+  asked for (``cudnn.deterministic`` or ``torch.use_deterministic_algorithms``).
 - CUDA, ``cuda_graph=False``, or :meth:`Learner.update` on any device: eager.
 
 Results are host tensors: ``update`` -> loss (), td_abs (B,), mean_q ();
@@ -188,6 +190,12 @@ class Learner:
                 # (bench/learner.py, docs/learner-profile.md): fp32 on AVX2 gains (the first
                 # conv's weight gradient runs ~2.7x faster); bf16 on avx512_bf16 does not.
                 self.q_network.to(memory_format=torch.channels_last)
+        elif self.device.type == "cuda" and not (torch.backends.cudnn.deterministic
+                                                 or torch.are_deterministic_algorithms_enabled()):
+            # The shapes are fixed (one batch size for updates, one for acting): cuDNN times
+            # its algorithms once per shape and keeps the fastest. Not when determinism is
+            # asked for, as the fastest may differ from one process to the next.
+            torch.backends.cudnn.benchmark = True
         self.target_network = copy.deepcopy(self.q_network).requires_grad_(False)
         self.loss_kind = loss
         self.max_grad_norm = max_grad_norm or None
@@ -229,22 +237,26 @@ class Learner:
     def _make_optimizer(self, kind: str, lr: float, adam_eps: float) -> torch.optim.Optimizer:
         # CUDA: capturable=True keeps the step count on the device and never reads it back,
         # so the same optimizer runs eagerly and inside a graph; the lr is then a device
-        # tensor so that set_lr reaches a captured graph. CPU: the fused kernel (one pass
-        # over each tensor) is the fastest step there (see bench/learner.py).
+        # tensor so that set_lr reaches a captured graph. Adam's fused kernel (a few launches
+        # for all tensors, capturable too) first; RMSprop has none: foreach. CPU: the fused
+        # kernel (one pass over each tensor) is the fastest step there (see bench/learner.py).
+        if kind not in ("adam", "rmsprop"):
+            raise ValueError(f"optimizer must be 'adam' or 'rmsprop', got {kind!r}")
         if self._is_cuda:
-            impl = dict(capturable=True, foreach=True)
             lr = torch.tensor(float(lr), device=self.device)
+            impls = [dict(capturable=True, fused=True), dict(capturable=True, foreach=True)]
         else:
-            impl = dict(fused=True) if kind == "adam" else {}
-        if kind == "adam":
-            try:
-                return torch.optim.Adam(self._params, lr=lr, eps=adam_eps, **impl)
-            except RuntimeError:  # torch < 2.4 has no fused CPU Adam
-                return torch.optim.Adam(self._params, lr=lr, eps=adam_eps)
+            impls = [dict(fused=True), {}]
         if kind == "rmsprop":
-            return torch.optim.RMSprop(self._params, lr=lr, alpha=0.95, eps=0.01,
-                                       centered=True, **impl)
-        raise ValueError(f"optimizer must be 'adam' or 'rmsprop', got {kind!r}")
+            impls = impls[1:]
+        for impl in impls:  # in order: an older torch lacks the first (fused CPU Adam: < 2.4)
+            try:
+                if kind == "adam":
+                    return torch.optim.Adam(self._params, lr=lr, eps=adam_eps, **impl)
+                return torch.optim.RMSprop(self._params, lr=lr, alpha=0.95, eps=0.01, centered=True, **impl)
+            except (RuntimeError, ValueError, TypeError):
+                if impl is impls[-1]:
+                    raise
 
     def autocast(self):
         """The precision context of this learner's forwards (also right for acting)."""
@@ -281,8 +293,10 @@ class Learner:
         loss = (weights * elementwise_loss(delta, self.loss_kind)).mean()
         return loss, delta.detach().abs(), q.detach().mean()
 
-    def _train_step(self, obs, actions, returns, discounts, next_obs, weights, *, in_graph=False):
-        """One full update on device tensors; returns device tensors (no host sync)."""
+    def _train_step(self, obs, actions, returns, discounts, next_obs, weights, *, in_graph=False,
+                    hard_copy=True):
+        """One full update on device tensors; returns device tensors (no host sync).
+        ``hard_copy=False``: the hard target copy is left to the caller (update_many)."""
         self.optimizer.zero_grad(set_to_none=True)
         # A graph already removes the launch overhead compiling would: it captures the plain
         # code (and keeps torch.compile's own machinery out of the capture).
@@ -293,7 +307,7 @@ class Learner:
             self._clip_grad_norm(in_graph)
         self.optimizer.step()
         self._num_updates_t += 1
-        self._update_target(in_graph)
+        self._update_target(in_graph, hard_copy)
         return loss.detach(), td_abs, mean_q
 
     @torch.no_grad()
@@ -312,10 +326,12 @@ class Learner:
             torch._foreach_mul_(grads, scale)
 
     @torch.no_grad()
-    def _update_target(self, in_graph: bool) -> None:
+    def _update_target(self, in_graph: bool, hard_copy: bool = True) -> None:
         if self.tau > 0.0:
             # theta' + tau * (theta - theta') == (1 - tau) theta' + tau theta
             torch._foreach_lerp_(self._target_tensors, self._online_tensors, self.tau)
+        elif not hard_copy:
+            return  # update_many copies after the replay (see _copies_after_groups)
         elif in_graph:
             # Inside a graph the copy must be decided on the device: a Python `if` would be
             # evaluated once, at capture. torch.where selects exactly (no arithmetic).
@@ -324,9 +340,21 @@ class Learner:
                 target.copy_(torch.where(sync, online, target))
             self._refresh_target_bf16()  # (CPU only: no bf16 copy on CUDA)
         elif (self.num_updates + 1) % self.target_update_period == 0:
-            for target, online in zip(self._target_tensors, self._online_tensors):
-                target.copy_(online)
-            self._refresh_target_bf16()
+            self._copy_target()
+
+    @torch.no_grad()
+    def _copy_target(self) -> None:
+        for target, online in zip(self._target_tensors, self._online_tensors):
+            target.copy_(online)
+        self._refresh_target_bf16()
+
+    def _copies_after_groups(self, k: int) -> bool:
+        """Whether hard copies can wait for the end of a group of k updates: C a multiple of
+        k, so that in groups aligned on C every copy falls after a group's last update. The
+        graph then holds no copy at all (instead of a torch.where and a copy over every
+        tensor at every update, for one copy in C), and update_many copies after the replay
+        that reaches one. A group that is not aligned runs eagerly."""
+        return self.tau == 0.0 and self.target_update_period % k == 0
 
     @torch.no_grad()
     def _refresh_target_bf16(self) -> None:
@@ -363,7 +391,12 @@ class Learner:
         Returns host tensors loss (K,), td_abs (K, B), mean_q (K,).
         """
         batches = list(batches)
-        if not (self.cuda_graph and len(batches) == self.updates_per_graph):
+        k = len(batches)
+        graph = self.cuda_graph and k == self.updates_per_graph
+        if graph and self._copies_after_groups(k):
+            to_copy = self.target_update_period - self.num_updates % self.target_update_period
+            graph = to_copy >= k  # else a copy falls inside this group: eager (rare, exact)
+        if not graph:
             results = [self.update(b) for b in batches]
             return {key: torch.stack([r[key] for r in results]) for key in results[0]}
         if self._graph is None or not self._graph_staging.matches(batches):
@@ -371,7 +404,9 @@ class Learner:
         else:
             self._graph_staging.load(batches)
         self._graph.replay()
-        self.num_updates += len(batches)
+        self.num_updates += k
+        if self._copies_after_groups(k) and self.num_updates % self.target_update_period == 0:
+            self._copy_target()
         out = self._to_host(self._graph_out)
         return {"loss": out[:, -2], "td_abs": out[:, :-2], "mean_q": out[:, -1]}
 
@@ -394,8 +429,9 @@ class Learner:
           replay; outputs land in the static ``_graph_out``;
         - everything that changes between replays is a device tensor changed in place:
           the update counter (incremented by the graph itself), the target-sync decision
-          (computed from it on the device, see _update_target), the Adam step count and the
-          lr (capturable optimizer). A Python number read during capture is frozen forever;
+          (computed from it on the device, see _update_target, unless the copies wait for
+          the ends of groups: _copies_after_groups), the Adam step count and the lr
+          (capturable optimizer). A Python number read during capture is frozen forever;
         - the optimizer state must exist before capture (lazily created state would be
           allocated, and zero-filled, inside the graph on every replay), hence the warm-up.
         """
@@ -429,9 +465,10 @@ class Learner:
     def _graph_updates(self, static: Mapping[str, torch.Tensor], out: torch.Tensor) -> None:
         """What one graph holds: K updates on static[...][i]; results into out (K, B + 2)."""
         batch_size = out.shape[1] - 2
+        hard_copy = not self._copies_after_groups(out.shape[0])
         for i in range(out.shape[0]):
             loss, td_abs, mean_q = self._train_step(
-                *(static[name][i] for name in BATCH_FIELDS), in_graph=True)
+                *(static[name][i] for name in BATCH_FIELDS), in_graph=True, hard_copy=hard_copy)
             out[i, :batch_size] = td_abs
             out[i, batch_size] = loss
             out[i, batch_size + 1] = mean_q

@@ -3,6 +3,19 @@
     act (epsilon-greedy, one forward for the whole env batch) -> step EnvPool -> store the
     newest frame -> sample prioritized n-step batches -> double-Q update -> priorities back
     (the learner syncs its target net itself) -> log, evaluate, checkpoint.
+
+The acting half is an Actor (actor.py: env pool + policy -> records in the replay's format)
+behind a source, the loop's only view of where records come from:
+
+    LocalSource    one in-process Actor, stepped between learning steps (the default)
+    RaySource      Ray actors shipping chunks of records (distributed.py, --actors N)
+
+    source.reset(stop) / source.recv(idle, stop) -> [Records]: the records to store next
+    source.act(epsilon) -> agent steps to credit to the replay ratio
+    source.epsilon(schedule_steps), scalars(), summary(), close()
+
+Everything else (replay, rate-limited updates, priorities, target sync, logging, evaluation,
+checkpoints) is the same code in both modes.
 """
 
 from __future__ import annotations
@@ -15,13 +28,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from fastdqn import checkpoint, hardware
-from fastdqn.acting import epsilon_at, select_actions
-from fastdqn.config import REPLAY_IN_PERIODIC_GB, TrainConfig, check_resumable, new_run_dir, to_dict
+from fastdqn.acting import epsilon_at
+from fastdqn.actor import Actor, LocalSource, store
+from fastdqn.config import REPLAY_IN_PERIODIC_GB, TrainConfig, check_resumable, new_run_dir, protocol_record, to_dict
 from fastdqn.envs import VecEnv
 from fastdqn.evaluate import evaluate
 from fastdqn.interrupts import Abort, StopRequests
@@ -30,8 +45,9 @@ from fastdqn.networks import make_q_network
 from fastdqn.paths import require_writable
 from fastdqn.progress import Progress
 from fastdqn.replay import PrioritizedReplay, ReplaySample
-from fastdqn.tracking import WandbTracker, require_wandb
-from fastdqn.video import GameRecorder, add_to_tensorboard, real_time_fps, require_encoder
+from fastdqn.runlog import RunLog
+from fastdqn.tracking import require_wandb
+from fastdqn.video import GameRecorder, real_time_fps, require_encoder
 
 WARMUP_UPDATES = 20  # updates left out of learning_sps (compilation, allocator warm-up)
 
@@ -49,62 +65,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-class RunLog:
-    """TensorBoard scalars, the hyper-parameters, and summary.json (rewritten atomically); the
-    same scalars, config and videos to Weights & Biases with --track."""
-
-    def __init__(self, run_dir: Path, cfg: TrainConfig, resume_step: int | None = None):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.run_dir = run_dir
-        # On resume, TensorBoard drops what the lost part of the run (after the checkpoint) logged.
-        self.writer = SummaryWriter(str(run_dir), purge_step=resume_step)
-        config = to_dict(cfg)
-        self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
-        self.summary: dict = {"env_id": cfg.env.env_id, "config": config}
-        path = run_dir / "summary.json"
-        if resume_step is not None and path.exists():
-            # evaluations after the checkpoint belong to the lost part of the run: the resumed
-            # run makes its own; learning_sps is this process's own figure
-            saved = json.loads(path.read_text())
-            saved["evals"] = [e for e in saved.get("evals", []) if e["agent_steps"] <= resume_step]
-            saved.pop("learning_sps", None)
-            self.summary = {**saved, "config": config}
-        self.tracker = None
-        if cfg.track:
-            self.tracker = WandbTracker(run_dir, config, project=cfg.wandb_project, entity=cfg.wandb_entity,
-                                        name=run_dir.name, run_id=self.summary.get("wandb_run_id"))
-            self.summary["wandb_run_id"] = self.tracker.run_id
-
-    def scalars(self, step: int, values: dict) -> None:
-        for key, value in values.items():
-            self.writer.add_scalar(key, value, step)
-        if self.tracker is not None:
-            self.tracker.scalars(step, values)
-
-    def video(self, step: int, recording: GameRecorder) -> None:
-        """An evaluation game's MP4: a GIF preview of its start in TensorBoard, the whole in W&B."""
-        add_to_tensorboard(self.writer, "eval/video", recording.preview, recording.fps, step)
-        if self.tracker is not None:
-            self.tracker.video(step, "eval/video", recording.path)
-
-    def write_summary(self, **fields) -> None:
-        self.summary.update(fields)
-        tmp = self.run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(self.summary, indent=2) + "\n")
-        os.replace(tmp, self.run_dir / "summary.json")
-
-    def close(self) -> None:
-        self.writer.close()
-        if self.tracker is not None:
-            self.tracker.close()
+def build_q_network(cfg: TrainConfig, obs_shape, num_actions: int) -> torch.nn.Module:
+    hidden = cfg.hidden if len(obs_shape) == 3 else (cfg.hidden, cfg.hidden)
+    return make_q_network(obs_shape, num_actions, dueling=cfg.dueling, hidden=hidden)
 
 
 def build_learner(cfg: TrainConfig, obs_shape, num_actions: int, device: torch.device) -> Learner:
-    hidden = cfg.hidden if len(obs_shape) == 3 else (cfg.hidden, cfg.hidden)
-    q_network = make_q_network(obs_shape, num_actions, dueling=cfg.dueling, hidden=hidden)
     return Learner(
-        q_network,
+        build_q_network(cfg, obs_shape, num_actions),
         lr=cfg.lr,
         optimizer=cfg.optimizer,
         adam_eps=cfg.adam_eps,
@@ -185,27 +153,62 @@ def learn(cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, counter
     spend the credit in whole updates (in groups of K on a CUDA graph)."""
     counters["credit"] += cfg.replay_ratio * new_steps / cfg.batch_size
     beta = beta_at(cfg, counters["schedule_steps"])
-    # On a GPU K = updates_per_graph batches are sampled ahead and run as one CUDA graph;
-    # sample() reuses its output arrays, so each batch is copied first.
-    group = learner.updates_per_graph if learner.cuda_graph else 1
+    group = update_group(learner)
     while counters["credit"] >= group:
         counters["credit"] -= group
-        if group == 1:
-            batch = replay.sample(cfg.batch_size, beta)
-            out = learner.update(batch)
-            replay.update_priorities(batch.indices, _numpy(out["td_abs"]))
-        else:
-            batches = [ReplaySample(*(a.clone() if isinstance(a, torch.Tensor) else a.copy()
-                                      for a in replay.sample(cfg.batch_size, beta)))
-                       for _ in range(group)]
-            out = learner.update_many(batches)
-            for b, td_abs in zip(batches, _numpy(out["td_abs"])):
-                replay.update_priorities(b.indices, td_abs)
-        counters["updates"] += group
-        stats["loss"] = stats["loss"] + out["loss"].detach().float().sum().cpu()
-        stats["q"] = stats["q"] + out["mean_q"].detach().float().sum().cpu()
-        stats["td"] = stats["td"] + out["td_abs"].detach().float().mean(-1).sum().cpu()
-        stats["n"] += group
+        update(cfg, learner, replay, counters, beta, stats)
+
+
+def update_group(learner: Learner) -> int:
+    """Updates made at once: K = updates_per_graph on a CUDA graph, else 1."""
+    return learner.updates_per_graph if learner.cuda_graph else 1
+
+
+def update(cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, counters: dict, beta: float,
+           stats: dict) -> None:
+    """One group of updates: sample, update, priorities back."""
+    group = update_group(learner)
+    # On a GPU K = updates_per_graph batches are sampled ahead and run as one CUDA graph;
+    # sample() reuses its output arrays, so each batch is copied first.
+    if group == 1:
+        batch = replay.sample(cfg.batch_size, beta)
+        out = learner.update(batch)
+        replay.update_priorities(batch.indices, _numpy(out["td_abs"]))
+    else:
+        batches = [ReplaySample(*(a.clone() if isinstance(a, torch.Tensor) else a.copy()
+                                  for a in replay.sample(cfg.batch_size, beta)))
+                   for _ in range(group)]
+        out = learner.update_many(batches)
+        for b, td_abs in zip(batches, _numpy(out["td_abs"])):
+            replay.update_priorities(b.indices, td_abs)
+    counters["updates"] += group
+    stats["loss"] = stats["loss"] + out["loss"].detach().float().sum().cpu()
+    stats["q"] = stats["q"] + out["mean_q"].detach().float().sum().cpu()
+    stats["td"] = stats["td"] + out["td_abs"].detach().float().mean(-1).sum().cpu()
+    stats["n"] += group
+
+
+class RateLimiter:
+    """The replay ratio as measured: sampled transitions per agent step credited while learning
+    (since learning started in this process), and the band it is held in.
+
+    learn() spends the credit of each agent step at once, so the learner never falls behind the
+    ratio by more than one update group; actors faster than the learner wait for it (their
+    chunk requests are bounded: back-pressure). While the learner waits for data it may learn
+    ahead of its credit, but only while the measured ratio stays at most ratio * (1 + tolerance).
+    """
+
+    def __init__(self, ratio: float, batch_size: int, tolerance: float):
+        self.ratio, self.batch_size, self.tolerance = ratio, batch_size, tolerance
+        self.credited = 0  # agent steps credited while learning
+        self.sampled = 0  # transitions sampled by the updates made since
+
+    def may_run_ahead(self, group: int) -> bool:
+        return (self.sampled + group * self.batch_size) <= self.ratio * (1 + self.tolerance) * self.credited
+
+    @property
+    def measured(self) -> float:
+        return self.sampled / self.credited if self.credited else 0.0
 
 
 def prepare_run(cfg: TrainConfig) -> TrainConfig:
@@ -215,13 +218,22 @@ def prepare_run(cfg: TrainConfig) -> TrainConfig:
         if not cfg.run_dir:
             raise ValueError("--resume needs --run-dir: the directory of the run to continue")
         ckpt_path = checkpoint.require_resumable(cfg.run_dir)
-        check_resumable(checkpoint.load_latest(ckpt_path, quiet=True)[0]["config"], cfg, cfg.run_dir)
+        saved = checkpoint.load_latest(ckpt_path, quiet=True)[0]["config"]
+        check_resumable(saved, cfg, cfg.run_dir)
+        if saved.get("actors", 0) != cfg.actors:  # the replay has a lane per env of every actor
+            raise ValueError(f"--actors cannot change on --resume (the run in {cfg.run_dir} was started with --actors "
+                             f"{saved.get('actors', 0)}; its replay has that many lanes): drop --actors, or start a "
+                             "new run in another --run-dir")
     elif cfg.run_dir and (Path(cfg.run_dir) / "checkpoint.pt").exists():
         raise FileExistsError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or pick another --run-dir")
     if cfg.track:  # a missing extra is said before anything is built
         require_wandb()
     if cfg.capture_video:
         require_encoder()
+    if cfg.actors:
+        from fastdqn.distributed import require_ray
+
+        require_ray()
     if not cfg.run_dir:  # runs/{env_id}__{exp_name}__{seed}__{date-time}, new
         cfg = dataclasses.replace(cfg, run_dir=str(new_run_dir(cfg)))
     return cfg
@@ -263,9 +275,21 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
         # the saved acting stream (not the opening games of the first run again).
         rng.bit_generator.state = state["numpy_rng"]
         env_cfg = dataclasses.replace(cfg.env, seed=int(rng.integers(2**31 - 1)))
-    env = VecEnv(env_cfg)
+    if cfg.actors:  # the pool's shapes, from a one-env pool; the replay has a lane per env of every actor
+        probe = VecEnv(dataclasses.replace(env_cfg, num_envs=1, batch_size=0, num_threads=1))
+        probe.close()
+        env = PoolSpec(num_envs=cfg.actors * env_cfg.num_envs, obs_shape=probe.obs_shape,
+                       num_actions=probe.num_actions, frame_shape=probe.frame_shape, stack=probe.stack,
+                       obs_dtype=probe.obs_dtype, atari=probe.atari)
+    else:
+        env = VecEnv(env_cfg)
     if device.type == "cpu":
-        torch.set_num_threads(cfg.torch_threads or (1 if len(env.obs_shape) == 1 else os.cpu_count()))
+        cores = os.cpu_count()
+        if cfg.actors and not cfg.ray_address:  # a local Ray: leave the actors their cores
+            cores = max(1, cores - math.ceil(cfg.actors * cfg.actor_cpus))
+        torch.set_num_threads(cfg.torch_threads or (1 if len(env.obs_shape) == 1 else cores))
+    else:  # on a GPU torch's host threads only copy batches: the cores belong to EnvPool's threads
+        torch.set_num_threads(cfg.torch_threads or 1)
     learner = build_learner(cfg, env.obs_shape, env.num_actions, device)
     q_network = learner.q_network
     replay = build_replay(cfg, env, device, sampling_seed)
@@ -285,6 +309,10 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
     log.summary.update(precision_used=precision.name, precision_reason=precision.reason,
                        machine=hardware.machine(device))
     log.writer.add_text("precision", f"{precision.name}: {precision.reason}", 0)
+    protocol = protocol_record(cfg)
+    log.summary["protocol"] = protocol
+    log.writer.add_text("protocol", protocol["description"] + "\n\n```\n" + json.dumps(protocol["options"], indent=2)
+                        + "\n```", 0)
     frame_skip = cfg.env.frame_skip if env.atari else 1
     recent_returns: collections.deque = collections.deque(maxlen=20)
     start = time.time()
@@ -347,42 +375,64 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
 
     interval = {"t": time.time(), "steps": counters["agent_steps"], "updates": counters["updates"],
                 "loss": torch.zeros(()), "q": torch.zeros(()), "td": torch.zeros(()), "n": 0}
-    last_action = np.zeros(env.num_envs, np.int64)
+    limiter = RateLimiter(cfg.replay_ratio, cfg.batch_size, cfg.ratio_tolerance)
     stop_reason = "total_steps reached"
     # (time, agent_steps) once this process has made WARMUP_UPDATES updates: learning_sps
     # leaves out the first ones, which pay for torch.compile / allocator warm-up.
     learning_since = None
     updates_at_start = counters["updates"]
-    step = env.reset()
+
+    def learn_ahead() -> bool:
+        """While waiting for data: one group of updates ahead of the credit, if the band allows."""
+        group = update_group(learner)
+        if not limiter.may_run_ahead(group):
+            return False
+        counters["credit"] -= group  # paid back by the next steps' credit
+        update(cfg, learner, replay, counters, beta_at(cfg, counters["schedule_steps"]), interval)
+        limiter.sampled += group * cfg.batch_size
+        return True
+
+    if cfg.actors:
+        from fastdqn.distributed import RaySource
+
+        source = RaySource(cfg, env, env_cfg, learner, seed=cfg.seed, say=bar.write)
+        log.writer.add_text("distributed", f"{cfg.actors} actors x {env_cfg.num_envs} envs, epsilons "
+                            + ", ".join(f"{e:.4g}" for e in source.epsilons), 0)
+    else:
+        source = LocalSource(Actor(env, q_network, rng, device, learner.precision), lambda steps: epsilon_at(cfg, steps))
     try:
+        records = source.reset(stop)
         while counters["agent_steps"] < cfg.total_steps:
-            epsilon = epsilon_at(cfg, counters["schedule_steps"])
-            # 1. store what EnvPool returned (the action stored is the one that led to this obs)
-            replay.add(step.obs, last_action[step.env_ids], step.reward, step.terminated, step.truncated,
-                       step.reset_step, step.new_game, step.env_ids)
+            epsilon = source.epsilon(counters["schedule_steps"])
+            # 1. store what the envs returned (the action stored is the one that led to this obs)
+            for r in records:
+                store(replay, r)
             # 2. act on the whole batch with one forward, 3. send the actions: EnvPool's
             # threads step the envs while this thread learns (4.), and recv() collects them.
             # The learner sees the same replay as it would after recv (the new obs are only
             # added at the top of the next iteration), and EnvPool answers every send with
             # exactly as many envs as it was sent, so the step count is known already.
-            actions = select_actions(q_network, step.obs, epsilon, env.num_actions, rng, device, learner.precision)
-            last_action[step.env_ids] = actions
-            env.send(actions)
-            counters["agent_steps"] = agent_steps = counters["agent_steps"] + len(actions)
+            # (Remote actors act by themselves: act() returns the steps of the chunk just stored.)
+            new_steps = source.act(epsilon)
+            counters["agent_steps"] = agent_steps = counters["agent_steps"] + new_steps
             learning = len(replay) >= cfg.learning_starts
             if learning or counters["updates"] == 0:  # a replay lost on resume refills: the schedules wait
-                counters["schedule_steps"] += len(actions)
+                counters["schedule_steps"] += new_steps
             # 4. learn: keep `replay_ratio` sampled transitions per agent step on average
             if learning:
                 if learning_since is None and counters["updates"] - updates_at_start >= WARMUP_UPDATES:
                     learning_since = (time.time(), agent_steps)
-                learn(cfg, learner, replay, counters, len(actions), interval)
-            step = env.recv()
-            for i in np.flatnonzero(step.game_over):
-                counters["games"] += 1
-                recent_returns.append(step.episode_returns[i])
-                log.scalars(agent_steps, {"charts/episodic_return": step.episode_returns[i],
-                                          "charts/episodic_length": step.episode_lengths[i]})
+                updates_before = counters["updates"]
+                learn(cfg, learner, replay, counters, new_steps, interval)
+                limiter.credited += new_steps
+                limiter.sampled += (counters["updates"] - updates_before) * cfg.batch_size
+            records = source.recv(idle=learn_ahead if learning else None, stop=stop)
+            for r in records:
+                for i in np.flatnonzero(r.game_over):
+                    counters["games"] += 1
+                    recent_returns.append(r.episode_returns[i])
+                    log.scalars(agent_steps, {"charts/episodic_return": r.episode_returns[i],
+                                              "charts/episodic_length": r.episode_lengths[i]})
             if bar.due():
                 show_progress()
 
@@ -392,7 +442,9 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
                 sps = (agent_steps - interval["steps"]) / max(now - interval["t"], 1e-9)
                 values = {"charts/epsilon": epsilon, "charts/SPS": sps, "charts/FPS": sps * frame_skip,
                           "charts/updates_per_second": (counters["updates"] - interval["updates"]) / max(now - interval["t"], 1e-9),
-                          "replay/fill": len(replay) / cfg.buffer_size}
+                          "replay/fill": len(replay) / cfg.buffer_size, **source.scalars()}
+                if limiter.credited:
+                    values["replay/ratio"] = limiter.measured
                 if interval["n"]:
                     loss = interval["loss"].item() / interval["n"]
                     if not math.isfinite(loss):
@@ -423,8 +475,11 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
             if stop:
                 break
     finally:
-        env.close()
+        source.close()
     show_progress()
+    log.summary.update(source.summary())
+    if limiter.credited:
+        log.summary["replay_ratio_measured"] = round(limiter.measured, 4)
 
     if learning_since is not None:
         t0, s0 = learning_since
@@ -441,6 +496,18 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
     bar.close()  # after the final evaluation, whose progress it shows
     print(f"{stop_reason}; checkpoint {ckpt_path}", file=sys.stderr)
     return log.summary
+
+
+class PoolSpec(NamedTuple):
+    """What the learner needs to know of the actors' pools: the replay's lanes and shapes."""
+
+    num_envs: int
+    obs_shape: tuple
+    num_actions: int
+    frame_shape: tuple
+    stack: int
+    obs_dtype: np.dtype
+    atari: bool
 
 
 def describe_resume(cfg: TrainConfig, ckpt_file: Path, state: dict, counters: dict, replay_state: dict | None,

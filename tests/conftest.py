@@ -1,5 +1,48 @@
+import os
+import re
+
 import pytest
 import torch
+
+# On a CPU machine the CUDA tests skip; on a GPU machine a skip (no nvcc, kernels that did
+# not build, a GPU torch does not see) would leave a green run that verified nothing. With
+# --require-cuda or FASTDQN_REQUIRE_CUDA=1 every such skip is an error instead: a test marked
+# `cuda`, or one whose skip reason names CUDA, a GPU, nvcc, a compiler or the native kernels.
+CUDA_SKIP_REASON = re.compile(r"cuda|gpu|nvcc|compiler|native", re.IGNORECASE)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--require-cuda", action="store_true",
+                     default=os.environ.get("FASTDQN_REQUIRE_CUDA", "0") not in ("", "0"),
+                     help="fail every test that skips for want of CUDA (GPU, nvcc, native kernels); "
+                          "also set by FASTDQN_REQUIRE_CUDA=1")
+
+
+def _cuda_skip_reason(report, marked_cuda: bool = False) -> str | None:
+    """The reason of a skip that a CUDA machine must not take, or None."""
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return None
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason if marked_cuda or CUDA_SKIP_REASON.search(reason) else None
+
+
+def _fail_cuda_skip(config, report, marked_cuda: bool = False) -> None:
+    reason = _cuda_skip_reason(report, marked_cuda) if config.getoption("require_cuda") else None
+    if reason is not None:
+        report.outcome = "failed"
+        report.longrepr = f"--require-cuda (FASTDQN_REQUIRE_CUDA): a CUDA skip counts as a failure: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_cuda_skip(item.config, outcome.get_result(), item.get_closest_marker("cuda") is not None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield  # a whole module skipped at import (pytest.importorskip, allow_module_level)
+    _fail_cuda_skip(collector.config, outcome.get_result())
 
 
 @pytest.fixture(scope="module")

@@ -179,9 +179,9 @@ def test_bad_settings_are_refused_by_name(changes, message):
         validate(EnvConfig(**changes))
 
 
-def test_evaluation_settings_play_full_real_games():
+def test_evaluation_settings_play_the_training_game_with_real_rewards():
     env = make_env(EnvConfig(num_envs=2), evaluation=True)
     cfg = env.env.spec.config
-    assert not cfg.episodic_life and not cfg.reward_clip and cfg.noop_max == 30
+    assert cfg.episodic_life and cfg.use_fire_reset and not cfg.reward_clip and cfg.noop_max == 30
     assert cfg.repeat_action_probability == 0.0 and cfg.max_episode_steps == 27000
     assert not env.is_async

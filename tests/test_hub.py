@@ -36,9 +36,14 @@ def test_pushed_folder_holds_weights_config_curve_video_and_a_card(cartpole_run,
 def test_atari_protocol_is_named_from_the_env_options():
     from fastdqn.envs import EnvConfig, describe_protocol
 
-    assert describe_protocol(EnvConfig()).startswith("v4-style (DQN/Atari NoFrameskip-v4 settings): frame skip 4, "
-                                                     "up to 30 no-op starts, 27,000 agent steps")
-    assert describe_protocol(EnvConfig(repeat_action_probability=0.25)).startswith("sticky actions p=0.25")
+    assert describe_protocol(EnvConfig()).startswith("v4 protocol: no sticky actions, frame skip 4, up to 30 no-op "
+                                                     "starts, minimal action set, FIRE at reset")
+    machado = EnvConfig(protocol="machado", repeat_action_probability=0.25, noop_max=0, full_action_space=True,
+                        use_fire_reset=False, episodic_life=False)
+    assert describe_protocol(machado).startswith("machado protocol: sticky actions p=0.25, frame skip 4, up to 0 no-op "
+                                                 "starts, full 18-action set, no FIRE at reset, no life information")
+    changed = describe_protocol(EnvConfig(repeat_action_probability=0.25))
+    assert changed.startswith("v4 protocol (changed: repeat_action_probability 0.25 instead of 0.0): sticky actions")
 
 
 def test_eval_of_the_pushed_folder_and_of_hf_reproduces_the_checkpoints_score(cartpole_run, tmp_path, capsys,

@@ -396,7 +396,7 @@ def test_warm_up_snapshot_restore_leaves_no_trace(warm_before):
 def test_learner_bench_quick_path_reports_every_mode(tmp_path, capsys):
     import json
 
-    from fastdqn.bench import learner as bench
+    from bench import learner as bench
 
     out = tmp_path / "learner.json"
     report = bench.main(["--quick", "--device", "cpu", "--json", str(out)])
@@ -436,7 +436,7 @@ def test_bf16_target_kept_cast_gives_the_same_numbers_as_casting_every_time():
 
 
 def test_learner_bench_profile_reports_top_ops_and_page_faults(capsys):
-    from fastdqn.bench import learner as bench
+    from bench import learner as bench
 
     report = bench.main(["--profile", "--quick", "--device", "cpu", "--batch-sizes", "4",
                          "--modes", "plain,fp32-eager"])

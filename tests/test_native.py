@@ -263,7 +263,7 @@ def test_cuda_scatter_writes_rows(frame_shape, dtype):
 
 
 def test_gather_bench_quick_runs_and_checks_the_kernels_agree(tmp_path, capsys):
-    from fastdqn.bench import gather as bench
+    from bench import gather as bench
 
     path = tmp_path / "gather.json"
     result = bench.main(["--quick", "--no-progress", "--json", str(path)])

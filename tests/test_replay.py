@@ -416,7 +416,7 @@ def test_contract_violations_in_flags_are_refused():
 
 
 def test_bench_quick_runs_and_reports_its_figures(tmp_path):
-    from fastdqn.bench import replay as bench
+    from bench import replay as bench
 
     path = tmp_path / "replay.json"
     bench.main(["--quick", "--json", str(path)])

@@ -83,13 +83,17 @@ def test_atari_run_end_to_end_with_eval_gif_and_plot(tmp_path):
     assert summary["agent_steps"] >= 1200 and summary["frames"] == 4 * summary["agent_steps"]
     assert len(summary["evals"]) == 2 and summary["updates"] > 0
     assert (run_dir / "eval.gif").stat().st_size > 0
+    protocol = summary["protocol"]
+    assert protocol["name"] == "v4" and protocol["changed"] == {"max_episode_steps": 100}
+    assert protocol["options"]["noop_max"] == 30 and protocol["options"]["eval_episodes"] == 2
 
     gif = tmp_path / "episode.gif"
     out = subprocess.run(fastdqn_cmd("eval", str(run_dir / "checkpoint.pt"), "--episodes", "2", "--max-steps", "120",
-                                     "--gif", str(gif)), capture_output=True, text=True, timeout=300)
+                                     "--gif", str(gif), "--no-episodic-life"), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     assert result["episodes"] == 2 and len(result["returns"]) == 2
+    assert result["episodic_life"] is False  # the flag reached the evaluation envs (trained with episodic life)
     import imageio.v2 as imageio
 
     frames = imageio.mimread(gif)

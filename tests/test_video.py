@@ -30,7 +30,9 @@ def test_recorded_game_is_the_whole_first_game_in_rgb_at_real_speed(tmp_path, on
 
 
 def test_atari_frames_are_the_screen_in_rgb_at_60_fps_over_the_frame_skip(tmp_path):
-    env_cfg = EnvConfig(env_id="Breakout-v5", num_envs=1)
+    # without episodic life, so that a lost life adds no reset step (with it, each lost life's
+    # reset is one more recorded frame: the screen as the next life starts)
+    env_cfg = EnvConfig(env_id="Breakout-v5", num_envs=1, episodic_life=False)
     assert real_time_fps(env_cfg) == 15
     q_network = make_q_network((4, 84, 84), 4, dueling=False, hidden=32)
     recorder = GameRecorder(tmp_path / "b.mp4", real_time_fps(env_cfg))

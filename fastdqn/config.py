@@ -261,15 +261,8 @@ def make_config(preset: str | None = None, env: dict | None = None, **overrides)
 def with_protocol(preset_env: dict, env: dict) -> dict:
     """The env options of a run: the preset's, then the group that a ``protocol`` given by the user
     sets, then the options the user gave one by one (which win)."""
-    merged = {**preset_env, **env}
-    if "protocol" not in env:
-        return merged
-    from fastdqn.envs import _all_env_ids, is_atari
-
-    env_id = merged.get("env_id", EnvConfig.env_id)
-    if env["protocol"] != "v4" and env_id in _all_env_ids() and not is_atari(env_id):
-        raise ValueError(f"--protocol {env['protocol']} applies to Atari games; {env_id} is not one")
-    return {**preset_env, **protocol_options(env["protocol"]), **env}
+    group = protocol_options(env["protocol"]) if "protocol" in env else {}
+    return {**preset_env, **group, **env}
 
 
 def config_from_dict(data: dict) -> TrainConfig:

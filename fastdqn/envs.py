@@ -128,6 +128,8 @@ def validate(cfg: EnvConfig, flag_of=lambda name: name) -> None:
                          f"({cfg.num_envs}): it is how many of the envs each step returns")
     if cfg.protocol not in PROTOCOLS:
         raise ValueError(f"{flag_of('protocol')} must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
+    if cfg.protocol != "v4" and not is_atari(cfg.env_id):
+        raise ValueError(f"{flag_of('protocol')} {cfg.protocol} applies to Atari games; {cfg.env_id} is not one")
     if not 0.0 <= cfg.repeat_action_probability < 1.0:
         raise ValueError(f"{flag_of('repeat_action_probability')} must be in [0, 1), got {cfg.repeat_action_probability}")
 

@@ -53,6 +53,9 @@ class TrainConfig:
     # --- learner
     dueling: bool = _f(True, "dueling head Q = V + A - mean(A)")
     hidden: int = _f(512, "hidden units of the Q-network's fully connected layer(s)")
+    torso: str = _f("nature", "the CNN's conv layers on image observations: nature (Mnih et al. 2015: 32x8x8/4, "
+                    "64x4x4/2, 64x3x3/1) or nips (Mnih et al. 2013: 16x8x8/4, 32x4x4/2, about a third of the "
+                    "arithmetic)", choices=("nature", "nips"))
     double_q: bool = _f(True, "double-Q target (online argmax, target value); off = max over the target net")
     loss: str = _f("huber", "huber, mse (0.5 delta^2) or pseudo_huber (sqrt(delta^2 + 1) - 1)", choices=("huber", "mse", "pseudo_huber"))
     optimizer: str = _f("adam", "adam or rmsprop", choices=("adam", "rmsprop"))
@@ -178,6 +181,10 @@ PRESETS: dict[str, dict] = {
         max_minutes=60.0,
     ),
 }
+# Breakout on a small CPU without bf16 instructions: the lighter network of Mnih et al. (2013)
+# (a third of the Nature CNN's arithmetic, fc 256) at twice breakout-cpu's replay ratio.
+# Measured on 2 cores, fp32: docs/results/breakout-cpu-nips-avx2 (issue #14).
+PRESETS["breakout-cpu-nips"] = dict(PRESETS["breakout-cpu"], torso="nips", hidden=256, replay_ratio=4.0)
 
 
 def _flag(name: str) -> str:
@@ -195,7 +202,7 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "run": ("exp_name", "run_dir", "seed", "total_steps", "max_minutes", "target_score"),
     "replay": ("buffer_size", "learning_starts", "batch_size", "replay_ratio", "n_step", "per_alpha", "per_beta0",
                "per_eps"),
-    "learner": ("gamma", "dueling", "hidden", "double_q", "loss", "optimizer", "lr", "adam_eps", "max_grad_norm",
+    "learner": ("gamma", "dueling", "hidden", "torso", "double_q", "loss", "optimizer", "lr", "adam_eps", "max_grad_norm",
                 "target_update_period", "tau"),
     "exploration": ("eps_schedule", "eps_start", "eps_mid", "eps_mid_steps", "eps_final", "eps_final_steps",
                     "eps_decay_steps"),
@@ -301,7 +308,7 @@ def resume_config(run_dir: str, args: argparse.Namespace) -> TrainConfig:
 # What a resumed run cannot change: the network's and the replay's shapes and meaning.
 FIXED_ON_RESUME = {
     "EnvConfig": ("env_id", "num_envs", "stack_num", "protocol", "full_action_space"),
-    "TrainConfig": ("buffer_size", "n_step", "gamma", "per_alpha", "per_eps", "dueling", "hidden", "optimizer"),
+    "TrainConfig": ("buffer_size", "n_step", "gamma", "per_alpha", "per_eps", "dueling", "hidden", "torso", "optimizer"),
 }
 
 

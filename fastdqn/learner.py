@@ -179,6 +179,7 @@ class Learner:
             raise ValueError("updates_per_graph must be >= 1")
 
         conv_net = any(isinstance(m, nn.Conv2d) for m in q_network.modules())
+        self._channels_last = False  # set below where the network runs channels_last
         self.precision_choice = hardware.resolve_precision(precision, self.device,
                                                             conv_net=conv_net)
         precision = self.precision_choice.name
@@ -190,6 +191,7 @@ class Learner:
                 # (bench/learner.py, docs/learner-profile.md): fp32 on AVX2 gains (the first
                 # conv's weight gradient runs ~2.7x faster); bf16 on avx512_bf16 does not.
                 self.q_network.to(memory_format=torch.channels_last)
+                self._channels_last = True
         elif self.device.type == "cuda" and not (torch.backends.cudnn.deterministic
                                                  or torch.are_deterministic_algorithms_enabled()):
             # The shapes are fixed (one batch size for updates, one for acting): cuDNN times
@@ -274,6 +276,9 @@ class Learner:
 
     def _td_loss(self, obs, actions, returns, discounts, next_obs, weights):
         """(loss, |TD| per sample, mean Q(s,a)); the forwards under autocast, the rest fp32."""
+        if self._channels_last:
+            # Both networks would reorder s' to their channels_last weights: do it once.
+            next_obs = next_obs.contiguous(memory_format=torch.channels_last)
         with self.autocast():
             q_all = self.q_network(obs)
             with torch.no_grad():
@@ -320,7 +325,7 @@ class Learner:
         # CPU: reading the norm costs nothing here, and when the factor would be exactly 1
         # (the usual case) skipping the multiply saves a pass over every gradient.
         grads = [p.grad for p in self._params if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         scale = self.max_grad_norm / (norm + 1e-6)
         if scale < 1.0:
             torch._foreach_mul_(grads, scale)

@@ -1,4 +1,5 @@
-"""Q-networks: the Nature CNN for stacked Atari frames and an MLP for vector observations.
+"""Q-networks: a CNN for stacked Atari frames (the Nature torso, or the lighter one of the
+2013 NIPS paper) and an MLP for vector observations.
 
 Both are a *torso* (features) followed by a *head* (Q-values). The head is either plain
 (one hidden layer, then one output per action) or dueling (Wang et al., 2016): the
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["NatureCNN", "MLP", "QHead", "make_q_network", "cast_trunk"]
+__all__ = ["TORSOS", "NatureCNN", "MLP", "QHead", "make_q_network", "cast_trunk"]
 
 _RELU_GAIN = math.sqrt(2.0)
 # torch >= 2.4 asks "is autocast on, and in which dtype" per device type; older versions
@@ -86,8 +87,18 @@ class QHead(nn.Module):
         return self._stream(self.value, features) + advantage - advantage.mean(dim=1, keepdim=True)
 
 
+# Conv torsos for 84x84 frames, as (out_channels, kernel, stride) per layer. "nips" is the
+# network of Mnih et al. (2013), about a third of the Nature torso's arithmetic per frame
+# (their fc layer had 256 units: pass hidden=256 for the whole 2013 network).
+TORSOS = {
+    "nature": ((32, 8, 4), (64, 4, 2), (64, 3, 1)),
+    "nips": ((16, 8, 4), (32, 4, 2)),
+}
+
+
 class NatureCNN(nn.Module):
-    """Mnih et al. (2015): conv 32x8x8/4, 64x4x4/2, 64x3x3/1, fc ``hidden`` (512), Q per action.
+    """Mnih et al. (2015): conv 32x8x8/4, 64x4x4/2, 64x3x3/1, fc ``hidden`` (512), Q per action;
+    ``torso="nips"`` swaps in the 2013 paper's convs (16x8x8/4, 32x4x4/2), see TORSOS.
 
     Input: raw pixels (B, C, 84, 84), normally uint8 in [0, 255]; the /255 scaling happens
     here so the replay and the actor can keep frames as bytes. Under autocast the bytes are
@@ -97,17 +108,16 @@ class NatureCNN(nn.Module):
     """
 
     def __init__(self, num_actions: int, in_channels: int = 4, hidden: int = 512,
-                 dueling: bool = False, frame_size: int = 84):
+                 dueling: bool = False, frame_size: int = 84, torso: str = "nature"):
         super().__init__()
-        self.torso = nn.Sequential(
-            _init_linear(nn.Conv2d(in_channels, 32, 8, stride=4), _RELU_GAIN),
-            nn.ReLU(),
-            _init_linear(nn.Conv2d(32, 64, 4, stride=2), _RELU_GAIN),
-            nn.ReLU(),
-            _init_linear(nn.Conv2d(64, 64, 3, stride=1), _RELU_GAIN),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
+        if torso not in TORSOS:
+            raise ValueError(f"torso must be one of {sorted(TORSOS)}, got {torso!r}")
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for out, kernel, stride in TORSOS[torso]:
+            layers += [_init_linear(nn.Conv2d(channels, out, kernel, stride=stride), _RELU_GAIN), nn.ReLU()]
+            channels = out
+        self.torso = nn.Sequential(*layers, nn.Flatten())
         with torch.no_grad():
             n_features = self.torso(torch.zeros(1, in_channels, frame_size, frame_size)).shape[1]
         self.head = QHead(n_features, hidden, num_actions, dueling)
@@ -153,11 +163,11 @@ class MLP(nn.Module):
 
 
 def make_q_network(obs_shape: Sequence[int], num_actions: int, *, dueling: bool = False,
-                   hidden: int | Sequence[int] | None = None) -> nn.Module:
+                   hidden: int | Sequence[int] | None = None, torso: str = "nature") -> nn.Module:
     """Pick the network for an observation shape (without the batch dimension).
 
-    3-D ``(C, H, W)`` -> :class:`NatureCNN` (``hidden``: fc width, default 512; square
-    frames). 1-D ``(D,)`` -> :class:`MLP` (``hidden``: layer widths, default (128, 128)).
+    3-D ``(C, H, W)`` -> :class:`NatureCNN` (``hidden``: fc width, default 512; ``torso``:
+    a key of TORSOS; square frames). 1-D ``(D,)`` -> :class:`MLP` (``hidden``: layer widths, default (128, 128)).
     """
     obs_shape = tuple(int(s) for s in obs_shape)
     if len(obs_shape) == 3:
@@ -168,7 +178,7 @@ def make_q_network(obs_shape: Sequence[int], num_actions: int, *, dueling: bool 
             hidden = 512
         if not isinstance(hidden, int):
             raise TypeError("for a CNN, hidden is the width of the fc layer (an int)")
-        return NatureCNN(num_actions, channels, hidden, dueling, frame_size=height)
+        return NatureCNN(num_actions, channels, hidden, dueling, frame_size=height, torso=torso)
     if len(obs_shape) == 1:
         if hidden is None:
             hidden = (128, 128)

@@ -66,8 +66,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_q_network(cfg: TrainConfig, obs_shape, num_actions: int) -> torch.nn.Module:
-    hidden = cfg.hidden if len(obs_shape) == 3 else (cfg.hidden, cfg.hidden)
-    return make_q_network(obs_shape, num_actions, dueling=cfg.dueling, hidden=hidden)
+    if len(obs_shape) == 3:
+        return make_q_network(obs_shape, num_actions, dueling=cfg.dueling, hidden=cfg.hidden, torso=cfg.torso)
+    return make_q_network(obs_shape, num_actions, dueling=cfg.dueling, hidden=(cfg.hidden, cfg.hidden))
 
 
 def build_learner(cfg: TrainConfig, obs_shape, num_actions: int, device: torch.device) -> Learner:

@@ -16,6 +16,7 @@ def tree(*roots):
 CASES = [
     # (argv, what stderr must say); RUN: a CartPole run, FILE: a regular file, TMP: an empty directory
     (["train", "--resume", "--run-dir", "RUN", "--env-id", "Breakout-v5"], "--env-id cannot change on --resume"),
+    (["train", "--resume", "--run-dir", "RUN", "--torso", "nips"], "--torso cannot change on --resume"),
     (["train", "--resume", "--run-dir", "TMP/none"], "--resume: no checkpoint in"),
     (["train", "--preset", "cartpole", "--run-dir", "FILE/run"], "--run-dir FILE/run: FILE is a file"),
     (["train", "--preset", "cartpole", "--run-dir", "FILE"], "--run-dir FILE is a file, not a directory"),

@@ -28,6 +28,18 @@ def test_nature_cnn_layers_and_output_shape():
     assert q.shape == (3, 6) and q.dtype == torch.float32
 
 
+def test_nips_torso_is_the_2013_network():
+    net = make_q_network((4, 84, 84), 6, hidden=256, torso="nips")
+    convs = [m for m in net.torso if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (4, 16, (8, 8), (4, 4)), (16, 32, (4, 4), (2, 2))]
+    # 84 -> 20 -> 9: 32 * 9 * 9 = 2592 features into the fc 256 layer (Mnih et al. 2013).
+    assert net.head.q[0].in_features == 2592 and net.head.q[0].out_features == 256
+    assert net(_frames()).shape == (3, 6)
+    with pytest.raises(ValueError, match="torso must be one of"):
+        make_q_network((4, 84, 84), 6, torso="resnet")
+
+
 def test_nature_cnn_scales_uint8_frames_by_255():
     net = make_q_network((4, 84, 84), 4)
     x = _frames()

@@ -179,19 +179,18 @@ class Learner:
             raise ValueError("updates_per_graph must be >= 1")
 
         conv_net = any(isinstance(m, nn.Conv2d) for m in q_network.modules())
-        self._channels_last = False  # set below where the network runs channels_last
         self.precision_choice = hardware.resolve_precision(precision, self.device,
                                                             conv_net=conv_net)
         precision = self.precision_choice.name
         self.q_network = q_network.to(self.device)
+        self._channels_last = self.device.type == "cpu" and conv_net and precision == "fp32"
         if self.device.type == "cpu":
             hardware.keep_freed_memory()
-            if conv_net and precision == "fp32":
+            if self._channels_last:
                 # NatureCNN follows its weights' memory format with its input. Measured
                 # (bench/learner.py, docs/learner-profile.md): fp32 on AVX2 gains (the first
                 # conv's weight gradient runs ~2.7x faster); bf16 on avx512_bf16 does not.
                 self.q_network.to(memory_format=torch.channels_last)
-                self._channels_last = True
         elif self.device.type == "cuda" and not (torch.backends.cudnn.deterministic
                                                  or torch.are_deterministic_algorithms_enabled()):
             # The shapes are fixed (one batch size for updates, one for acting): cuDNN times

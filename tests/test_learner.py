@@ -413,6 +413,21 @@ def test_learner_bench_quick_path_reports_every_mode(tmp_path, capsys):
     assert "flags:" in table  # the CPU's vector / bf16 flags are printed with the figures
 
 
+def test_gradient_clip_takes_the_norm_over_every_parameter():
+    # The CPU path computes the norm itself; torch's clip_grad_norm_ is the reference, on
+    # gradients spread over several tensors (the tiny net above has all of it in one).
+    torch.manual_seed(0)
+    learner = Learner(make_q_network((4,), 3, hidden=(32, 32)), max_grad_norm=0.5, device="cpu")
+    reference = copy.deepcopy(learner.q_network)
+    for p, q in zip(learner.q_network.parameters(), reference.parameters()):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    learner._clip_grad_norm(in_graph=False)
+    nn.utils.clip_grad_norm_(list(reference.parameters()), 0.5)
+    for p, q in zip(learner.q_network.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_bf16_target_kept_cast_gives_the_same_numbers_as_casting_every_time():
     # CPU bf16 with hard updates keeps a bf16 copy of the target (refreshed at each sync)
     # instead of letting autocast cast it on every forward: same rounding, same results.

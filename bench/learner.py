@@ -3,6 +3,7 @@
     python bench/learner.py                      # batch 32 and 256, all modes of this machine
     python bench/learner.py --json out.json --threads 2 --seconds 20
     python -m bench.learner --quick              # tiny smoke run (from the repository root)
+    python -m bench.learner --torso nips --hidden 256 --modes fp32-eager   # the 2013 network
 
 Modes: ``<precision>-<path>`` with precision fp32 | bf16 and path eager | compile | graph
 (graph: CUDA only, K updates per replay): fastdqn's Learner (dueling Nature CNN, Adam,
@@ -10,7 +11,8 @@ Huber, double Q, hard target every 8000). Two baselines, fp32 eager on the same 
 (bench/baselines.py PlainUpdate): ``plain`` (the same algorithm: dueling, double Q, three
 forwards) and ``cleanrl`` (CleanRL's dqn_atari update: no dueling, max over the target
 net, two forwards, MSE). All train from the same seed on random uint8 batches (4, 84, 84),
-6 actions. Ratios are to ``plain``. One process setting reaches every mode alike: the
+6 actions. Ratios are to ``plain`` (to ``fp32-eager`` with ``--torso nips``: the baselines are
+the Nature CNN only). One process setting reaches every mode alike: the
 Learner tunes glibc's allocator (fastdqn.hardware.keep_freed_memory) when the first one is
 built, so the baselines run without page faults too (on their own they can fault thousands
 of pages per update, see --profile: their ratios here are conservative for fastdqn).
@@ -40,7 +42,7 @@ import torch
 
 from fastdqn.hardware import keep_freed_memory, resolve_precision
 from fastdqn.learner import Learner
-from fastdqn.networks import make_q_network
+from fastdqn.networks import TORSOS, make_q_network
 from .baselines import PlainUpdate
 from .common import OtherLoad, machine, print_machine, write_json
 
@@ -91,16 +93,28 @@ def _step(learner, batches, mode: str) -> int:
     return 1
 
 
+def _without_foreign_baselines(modes, torso: str) -> list[str]:
+    """The modes that time ``torso``: the baselines are written for the Nature CNN only."""
+    return [m for m in modes if torso == "nature" or m not in BASELINES]
+
+
 def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool = True,
         device: str | None = None, threads: int | None = None, rounds: int = 3,
-        updates_per_graph: int = 4) -> dict:
-    """Time each mode at each batch size; returns a JSON-ready dict (see main)."""
+        updates_per_graph: int = 4, torso: str = "nature", hidden: int = 512) -> dict:
+    """Time each mode at each batch size; returns a JSON-ready dict (see main).
+
+    ``torso``/``hidden``: fastdqn's network (networks.TORSOS). The plain and cleanrl
+    baselines are the Nature CNN only, so another torso times the Learner's modes alone.
+    """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads:
         torch.set_num_threads(threads)
     if modes is None:
-        modes = GPU_MODES if device.type == "cuda" else CPU_MODES
+        modes = _without_foreign_baselines(GPU_MODES if device.type == "cuda" else CPU_MODES, torso)
     modes = list(modes)
+    if torso != "nature" and set(modes) & set(BASELINES):
+        raise ValueError(f"the {'/'.join(BASELINES)} baselines are the Nature CNN; with torso {torso!r} "
+                         "time fastdqn's modes only (e.g. fp32-eager)")
     base_mode = "plain" if "plain" in modes else "fp32-eager"
     if base_mode not in modes:
         modes.insert(0, base_mode)  # the baseline of every ratio
@@ -112,7 +126,7 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
     results = []
     for batch_size in batch_sizes:
         torch.manual_seed(0)
-        net = make_q_network((4, 84, 84), NUM_ACTIONS, dueling=True)
+        net = make_q_network((4, 84, 84), NUM_ACTIONS, dueling=True, hidden=hidden, torso=torso)
         batches = random_batches(updates_per_graph, batch_size)
         learners, warmup = {}, {}
         for mode in modes:
@@ -159,7 +173,8 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
         "machine": machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "network": "dueling NatureCNN (4,84,84) uint8, 6 actions; Adam, Huber, double Q",
+        "network": f"dueling NatureCNN (torso {torso}, fc {hidden}) (4,84,84) uint8, 6 actions; Adam, Huber, double Q",
+        "parameters": sum(p.numel() for p in net.parameters()),
         "ratio_to": base_mode,
         "auto_precision": "{} ({})".format(*resolve_precision("auto", device)[:2]),
         "updates_per_graph": updates_per_graph,
@@ -267,6 +282,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--updates-per-graph", type=int, default=4, help="K of the graph modes")
+    parser.add_argument("--torso", default="nature", choices=sorted(TORSOS),
+                        help="fastdqn's conv torso; the plain/cleanrl baselines exist for nature only")
+    parser.add_argument("--hidden", type=int, default=512, help="fc width per dueling stream")
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing: torch.profiler's top ops and the page faults per update "
                              "of each mode (default modes plain,fp32-eager) at the first batch size; "
@@ -286,11 +304,14 @@ def main(argv: list[str] | None = None) -> dict:
     kwargs = dict(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
                   modes=args.modes.split(",") if args.modes else None, seconds=args.seconds,
                   device=args.device, threads=args.threads, rounds=args.rounds,
-                  updates_per_graph=args.updates_per_graph)
+                  updates_per_graph=args.updates_per_graph, torso=args.torso, hidden=args.hidden)
     if args.quick:
-        kwargs.update(batch_sizes=(4,), modes=["plain", "cleanrl", "fp32-eager", "bf16-eager"],
-                      seconds=0.2, rounds=1)
-    report = run(**kwargs)
+        quick_modes = ["plain", "cleanrl", "fp32-eager", "bf16-eager"]
+        kwargs.update(batch_sizes=(4,), seconds=0.2, rounds=1, modes=_without_foreign_baselines(quick_modes, args.torso))
+    try:
+        report = run(**kwargs)
+    except ValueError as e:
+        parser.error(str(e))
     print_machine(report["machine"])
     print(format_table(report))
     write_json(args.json, report)

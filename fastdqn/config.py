@@ -183,7 +183,7 @@ PRESETS: dict[str, dict] = {
 }
 # Breakout on a small CPU without bf16 instructions: the lighter network of Mnih et al. (2013)
 # (a third of the Nature CNN's arithmetic, fc 256) at twice breakout-cpu's replay ratio, in
-# batches of 64: on 2 AVX2 cores a sample costs 0.7x as much in a batch of 64 as in one of 32,
+# batches of 64: on 2 AVX2 cores a sample costs ~0.8x as much in a batch of 64 as in one of 32,
 # so the agent steps ~1.4x as fast. Half as many updates, so the target period (in updates)
 # is halved to keep it at 8k agent steps, and the lr is raised by sqrt(2).
 # Measured on 2 cores, fp32: docs/results/breakout-cpu-nips-avx2 (issue #14).

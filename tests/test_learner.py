@@ -461,3 +461,14 @@ def test_learner_bench_profile_reports_top_ops_and_page_faults(capsys):
         ops = [op["op"] for op in mode["top_ops"]]
         assert any("conv" in op for op in ops)  # the update's convolutions were profiled
     assert "page faults/update" in capsys.readouterr().out
+
+
+def test_learner_bench_times_the_network_it_is_given():
+    from bench import learner as bench
+
+    report = bench.main(["--quick", "--device", "cpu", "--torso", "nips", "--hidden", "256"])
+    nips = make_q_network((4, 84, 84), 6, dueling=True, hidden=256, torso="nips")
+    assert report["parameters"] == sum(p.numel() for p in nips.parameters()) and "torso nips" in report["network"]
+    assert {r["mode"] for r in report["results"]} == {"fp32-eager", "bf16-eager"}  # no Nature-only baselines
+    with pytest.raises(SystemExit):  # a baseline of another network would give a meaningless ratio
+        bench.main(["--device", "cpu", "--torso", "nips", "--modes", "plain,fp32-eager"])

@@ -59,7 +59,11 @@ class TrainConfig:
     double_q: bool = _f(True, "double-Q target (online argmax, target value); off = max over the target net")
     loss: str = _f("huber", "huber, mse (0.5 delta^2) or pseudo_huber (sqrt(delta^2 + 1) - 1)", choices=("huber", "mse", "pseudo_huber"))
     optimizer: str = _f("adam", "adam or rmsprop", choices=("adam", "rmsprop"))
-    lr: float = _f(1e-4, "learning rate")
+    lr: float = _f(1e-4, "learning rate (from the first update; see --lr-decay-end for a schedule)")
+    lr_final: float = _f(0.0, "with --lr-decay-end: the learning rate reached there, linearly from --lr")
+    lr_decay_start: int = _f(0, "with --lr-decay-end: the agent step at which the learning rate starts to fall")
+    lr_decay_end: int = _f(0, "the agent step at which the learning rate reaches --lr-final and stays; "
+                              "0 = a constant --lr")
     adam_eps: float = _f(1.5e-4, "Adam's epsilon (RMSprop keeps the Nature-DQN setting: eps 0.01, alpha 0.95, centered)")
     max_grad_norm: float = _f(10.0, "gradient-norm clip; 0 = off")
     target_update_period: int = _f(2000, "hard target copy every this many learner updates (ignored when tau > 0)")
@@ -206,8 +210,8 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "run": ("exp_name", "run_dir", "seed", "total_steps", "max_minutes", "target_score"),
     "replay": ("buffer_size", "learning_starts", "batch_size", "replay_ratio", "n_step", "per_alpha", "per_beta0",
                "per_eps"),
-    "learner": ("gamma", "dueling", "hidden", "torso", "double_q", "loss", "optimizer", "lr", "adam_eps", "max_grad_norm",
-                "target_update_period", "tau"),
+    "learner": ("gamma", "dueling", "hidden", "torso", "double_q", "loss", "optimizer", "lr", "lr_final", "lr_decay_start",
+                "lr_decay_end", "adam_eps", "max_grad_norm", "target_update_period", "tau"),
     "exploration": ("eps_schedule", "eps_start", "eps_mid", "eps_mid_steps", "eps_final", "eps_final_steps",
                     "eps_decay_steps"),
     "evaluation": ("eval_interval", "eval_episodes", "eval_max_steps", "eval_eps", "final_eval", "capture_video"),
@@ -340,7 +344,8 @@ def validate(cfg: TrainConfig) -> None:
         if value(name) <= 0:
             raise ValueError(f"{_flag(name)} must be positive, got {value(name)}")
     for name in ("torch_threads", "learning_starts", "eval_interval", "checkpoint_interval", "max_grad_norm", "per_alpha",
-                 "per_eps", "max_minutes", "lr", "eps_mid_steps", "eps_final_steps"):
+                 "per_eps", "max_minutes", "lr", "lr_final", "lr_decay_start", "lr_decay_end", "eps_mid_steps",
+                 "eps_final_steps"):
         if value(name) < 0:
             raise ValueError(f"{_flag(name)} must be >= 0, got {value(name)}")
     if not 0 < cfg.gamma <= 1:
@@ -353,6 +358,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.eps_schedule == "linear" and cfg.eps_final_steps < cfg.eps_mid_steps:
         raise ValueError(f"--eps-final-steps ({cfg.eps_final_steps}) must be >= --eps-mid-steps ({cfg.eps_mid_steps}): "
                          "the second phase of the linear schedule ends after the first")
+    if cfg.lr_decay_end and cfg.lr_decay_end <= cfg.lr_decay_start:
+        raise ValueError(f"--lr-decay-end ({cfg.lr_decay_end}) must be > --lr-decay-start ({cfg.lr_decay_start}), "
+                         "or 0 for a constant --lr")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ValueError(f"--device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     if cfg.replay_device == "cuda" and not cfg.device.startswith("cuda"):

@@ -90,7 +90,7 @@ def build_learner(cfg: TrainConfig, obs_shape, num_actions: int, device: torch.d
     )
 
 
-# The counters a checkpoint carries. schedule_steps drives epsilon and beta: it follows
+# The counters a checkpoint carries. schedule_steps drives epsilon, beta and the lr: it follows
 # agent_steps, except while a replay lost on resume refills (the schedules wait for learning).
 # budget_from: the wall second at which --max-minutes started counting (moved to the resume
 # when a resume raises --total-steps).
@@ -118,6 +118,14 @@ def build_replay(cfg: TrainConfig, env: VecEnv, device: torch.device, seed) -> P
 
 def beta_at(cfg: TrainConfig, schedule_steps: int) -> float:
     return cfg.per_beta0 + (1.0 - cfg.per_beta0) * min(1.0, schedule_steps / cfg.total_steps)
+
+
+def lr_at(cfg: TrainConfig, schedule_steps: int) -> float:
+    """--lr until --lr-decay-start, then linearly to --lr-final at --lr-decay-end, then --lr-final."""
+    if not cfg.lr_decay_end:
+        return cfg.lr
+    done = (schedule_steps - cfg.lr_decay_start) / (cfg.lr_decay_end - cfg.lr_decay_start)
+    return cfg.lr + (cfg.lr_final - cfg.lr) * min(1.0, max(0.0, done))
 
 
 def checkpoint_payload(cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, rng: np.random.Generator,
@@ -169,6 +177,8 @@ def update(cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, counte
            stats: dict) -> None:
     """One group of updates: sample, update, priorities back."""
     group = update_group(learner)
+    if cfg.lr_decay_end:
+        learner.set_lr(lr_at(cfg, counters["schedule_steps"]))
     # On a GPU K = updates_per_graph batches are sampled ahead and run as one CUDA graph;
     # sample() reuses its output arrays, so each batch is copied first.
     if group == 1:
@@ -441,7 +451,8 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
                 counters["next_log"] = agent_steps + cfg.log_interval
                 now = time.time()
                 sps = (agent_steps - interval["steps"]) / max(now - interval["t"], 1e-9)
-                values = {"charts/epsilon": epsilon, "charts/SPS": sps, "charts/FPS": sps * frame_skip,
+                values = {"charts/epsilon": epsilon, "charts/learning_rate": lr_at(cfg, counters["schedule_steps"]),
+                          "charts/SPS": sps, "charts/FPS": sps * frame_skip,
                           "charts/updates_per_second": (counters["updates"] - interval["updates"]) / max(now - interval["t"], 1e-9),
                           "replay/fill": len(replay) / cfg.buffer_size, **source.scalars()}
                 if limiter.credited:
@@ -515,8 +526,9 @@ def describe_resume(cfg: TrainConfig, ckpt_file: Path, state: dict, counters: di
                     replay_note: str, env_seed: int) -> str:
     """What a resume restored, and what it could not."""
     restored = ["online and target networks", "optimizer", "counters and replay-ratio credit",
-                f"epsilon {epsilon_at(cfg, counters['schedule_steps']):.3f} and beta "
-                f"{beta_at(cfg, counters['schedule_steps']):.3f}", "RNG streams (acting, replay sampling, torch)"]
+                f"epsilon {epsilon_at(cfg, counters['schedule_steps']):.3f}, beta "
+                f"{beta_at(cfg, counters['schedule_steps']):.3f} and lr {lr_at(cfg, counters['schedule_steps']):.3g}",
+                "RNG streams (acting, replay sampling, torch)"]
     lines = [f"resumed {ckpt_file} at step {counters['agent_steps']:,}",
              "  restored: " + ", ".join(restored + ([replay_note] if replay_state is not None else []))]
     missing = [f"games in progress (EnvPool cannot save them): the envs start new games, seeded {env_seed} "

@@ -29,6 +29,8 @@ CASES = [
     (["train", "--preset", "cartpole", "--buffer-size", "10"], "--buffer-size 10 is too small for --num-envs 4"),
     (["train", "--preset", "cartpole", "--env-batch-size", "8"], "--env-batch-size (8) cannot exceed --num-envs (4)"),
     (["train", "--preset", "cartpole", "--eps-mid-steps", "30000"], "--eps-final-steps (20000) must be >= --eps-mid-steps"),
+    (["train", "--preset", "cartpole", "--lr-decay-start", "5000", "--lr-decay-end", "5000"],
+     "--lr-decay-end (5000) must be > --lr-decay-start (5000), or 0 for a constant --lr"),
     (["plot", "RUN", "--out", "FILE/curve.png"], "--out FILE/curve.png: FILE is a file"),
     (["eval", "RUN", "--gif", "FILE/game.gif"], "--gif FILE/game.gif: FILE is a file"),
     (["eval", "RUN", "--episodes", "0"], "--episodes must be at least 1"),

@@ -9,7 +9,7 @@ import pytest
 
 from fastdqn import checkpoint
 from fastdqn.config import make_config
-from fastdqn.train import TrainingDiverged, train
+from fastdqn.train import TrainingDiverged, lr_at, train
 
 
 def fastdqn_cmd(*args):
@@ -106,7 +106,8 @@ def test_atari_run_end_to_end_with_eval_gif_and_plot(tmp_path):
     from fastdqn.plot import read_scalars
 
     tags = ["charts/episodic_return", "charts/SPS", "charts/epsilon", "losses/td_loss", "losses/q_values",
-            "losses/td_abs", "replay/fill", "eval/mean_return", "charts/updates_per_second", "charts/FPS"]
+            "losses/td_abs", "replay/fill", "eval/mean_return", "charts/updates_per_second", "charts/FPS",
+            "charts/learning_rate"]
     scalars = read_scalars(run_dir, tags)
     assert set(scalars) == set(tags)
     assert np.all(np.isfinite(scalars["losses/td_loss"][1]))
@@ -124,6 +125,33 @@ def test_updates_keep_the_replay_ratio(tmp_path, batch_size):
     expected = cfg.replay_ratio * (cfg.total_steps - cfg.learning_starts) / cfg.batch_size  # 100
     # learning starts within one iteration of learning_starts, and credit is spent in whole updates
     assert abs(summary["updates"] - expected) <= cfg.replay_ratio * steps_per_iteration / cfg.batch_size + 1
+
+
+def test_lr_schedule_is_constant_then_linear_then_constant():
+    cfg = make_config(preset="cartpole", lr=1e-3, lr_final=2e-4, lr_decay_start=1000, lr_decay_end=3000)
+    reference = {0: 1e-3, 1000: 1e-3, 1500: 8e-4, 2000: 6e-4, 3000: 2e-4, 10_000: 2e-4}
+    assert {step: lr_at(cfg, step) for step in reference} == pytest.approx(reference)
+    constant = make_config(preset="cartpole", lr=1e-3, lr_final=2e-4)  # no --lr-decay-end: no schedule
+    assert lr_at(constant, 10_000) == 1e-3
+
+
+def test_lr_decayed_to_zero_stops_learning_where_the_schedule_ends(tmp_path):
+    """With --lr-final 0 the weights stop changing at --lr-decay-end: running on past it ends
+    with the same network, bit for bit, as stopping there (an lr the learner never saw would not)."""
+    import torch
+
+    weights = {}
+    for total_steps in (1200, 2000):
+        run_dir = tmp_path / str(total_steps)
+        cfg = make_config(env=dict(env_id="CartPole-v1", num_envs=4), run_dir=str(run_dir), total_steps=total_steps,
+                          buffer_size=4000, learning_starts=400, replay_ratio=2.0, batch_size=32, lr=1e-3,
+                          lr_final=0.0, lr_decay_start=800, lr_decay_end=1200, eval_interval=0, final_eval=False,
+                          torch_threads=1, seed=3, per_beta0=1.0)  # (beta's schedule follows --total-steps)
+        summary = train(cfg, progress=False)
+        assert summary["updates"] >= 40
+        weights[total_steps] = checkpoint.load(run_dir / "checkpoint.pt")["learner"]["q_network"]
+    for name, value in weights[1200].items():
+        assert torch.equal(value, weights[2000][name]), name
 
 
 def test_device_resident_replay_trains_exactly_like_the_numpy_replay(tmp_path):

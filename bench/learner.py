@@ -173,7 +173,7 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
         "machine": machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "network": f"dueling NatureCNN (torso {torso}, fc {hidden}) (4,84,84) uint8, 6 actions; Adam, Huber, double Q",
+        "network": f"dueling Q-network (torso {torso}, fc {hidden}) (4,84,84) uint8, 6 actions; Adam, Huber, double Q",
         "parameters": sum(p.numel() for p in net.parameters()),
         "ratio_to": base_mode,
         "auto_precision": "{} ({})".format(*resolve_precision("auto", device)[:2]),

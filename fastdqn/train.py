@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from fastdqn import checkpoint, hardware
-from fastdqn.acting import epsilon_at
+from fastdqn.acting import epsilon_at, linear_two_phase
 from fastdqn.actor import Actor, LocalSource, store
 from fastdqn.config import REPLAY_IN_PERIODIC_GB, TrainConfig, check_resumable, new_run_dir, protocol_record, to_dict
 from fastdqn.envs import VecEnv
@@ -124,8 +124,8 @@ def lr_at(cfg: TrainConfig, schedule_steps: int) -> float:
     """--lr until --lr-decay-start, then linearly to --lr-final at --lr-decay-end, then --lr-final."""
     if not cfg.lr_decay_end:
         return cfg.lr
-    done = (schedule_steps - cfg.lr_decay_start) / (cfg.lr_decay_end - cfg.lr_decay_start)
-    return cfg.lr + (cfg.lr_final - cfg.lr) * min(1.0, max(0.0, done))
+    # epsilon's two-phase schedule with a flat first phase
+    return linear_two_phase(schedule_steps, cfg.lr, cfg.lr, cfg.lr_decay_start, cfg.lr_final, cfg.lr_decay_end)
 
 
 def checkpoint_payload(cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, rng: np.random.Generator,

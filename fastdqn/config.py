@@ -37,6 +37,10 @@ class TrainConfig:
     total_steps: int = _f(10_000_000, "agent steps to train for (frames = steps x frame_skip)")
     # --- replay
     buffer_size: int = _f(1_000_000, "replay capacity in transitions (one frame each)")
+    replay_window: int = _f(0, "with --replay-window-steps: sample only the newest N transitions, exactly as a "
+                            "--buffer-size N replay would, until that agent step; after it the sampled range grows "
+                            "with each new transition into the whole --buffer-size. 0 = sample from all of it")
+    replay_window_steps: int = _f(0, "the agent step at which --replay-window stops holding the sampled range back")
     learning_starts: int = _f(80_000, "agent steps collected before the first update")
     batch_size: int = _f(32, "transitions per learner update")
     replay_ratio: float = _f(8.0, "sampled transitions per agent step (8 = batch 32 every 4 steps)")
@@ -209,7 +213,7 @@ def _env_flag(name: str) -> str:
 # flags come first, as "environment"); tests/test_config_cli.py checks that each field is in one.
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "run": ("exp_name", "run_dir", "seed", "total_steps", "max_minutes", "target_score"),
-    "replay": ("buffer_size", "learning_starts", "batch_size", "replay_ratio", "n_step", "per_alpha", "per_beta0",
+    "replay": ("buffer_size", "replay_window", "replay_window_steps", "learning_starts", "batch_size", "replay_ratio", "n_step", "per_alpha", "per_beta0",
                "per_eps"),
     "learner": ("gamma", "dueling", "hidden", "torso", "double_q", "loss", "optimizer", "lr", "lr_final", "lr_decay_start",
                 "lr_decay_end", "adam_eps", "max_grad_norm", "target_update_period", "tau"),
@@ -345,7 +349,7 @@ def validate(cfg: TrainConfig) -> None:
         if value(name) <= 0:
             raise ValueError(f"{_flag(name)} must be positive, got {value(name)}")
     for name in ("torch_threads", "learning_starts", "eval_interval", "checkpoint_interval", "max_grad_norm", "per_alpha",
-                 "per_eps", "max_minutes", "lr", "lr_final", "lr_decay_start", "lr_decay_end", "eps_mid_steps",
+                 "per_eps", "max_minutes", "lr", "lr_final", "replay_window", "replay_window_steps", "lr_decay_start", "lr_decay_end", "eps_mid_steps",
                  "eps_final_steps"):
         if value(name) < 0:
             raise ValueError(f"{_flag(name)} must be >= 0, got {value(name)}")
@@ -410,6 +414,12 @@ def _validate_replay_size(cfg: TrainConfig) -> None:
         raise ValueError(f"--buffer-size {cfg.buffer_size} is too small for --num-envs {num_envs}: each env's lane "
                          f"needs {stack + cfg.n_step + 1} transitions (stack + n-step + 1); use at least {minimum}")
     holds = cfg.buffer_size // num_envs * num_envs  # whole lanes
+    if cfg.replay_window and not minimum <= cfg.replay_window <= cfg.buffer_size:
+        raise ValueError(f"--replay-window {cfg.replay_window} must be in [{minimum}, --buffer-size {cfg.buffer_size}] "
+                         f"for --num-envs {num_envs} (or 0 for no window)")
+    if bool(cfg.replay_window) != bool(cfg.replay_window_steps):
+        raise ValueError("--replay-window and --replay-window-steps go together: give both (a window of N transitions "
+                         "until agent step S), or neither")
     if cfg.batch_size > holds:
         raise ValueError(f"--batch-size {cfg.batch_size} is more than the replay holds (--buffer-size "
                          f"{cfg.buffer_size}): lower --batch-size or raise --buffer-size")

@@ -116,6 +116,11 @@ def build_replay(cfg: TrainConfig, env: VecEnv, device: torch.device, seed) -> P
     )
 
 
+def update_replay_window(cfg: TrainConfig, replay: PrioritizedReplay, agent_steps: int) -> None:
+    """--replay-window holds the sampled range back until --replay-window-steps."""
+    replay.window = cfg.replay_window if cfg.replay_window and agent_steps < cfg.replay_window_steps else None
+
+
 def beta_at(cfg: TrainConfig, schedule_steps: int) -> float:
     return cfg.per_beta0 + (1.0 - cfg.per_beta0) * min(1.0, schedule_steps / cfg.total_steps)
 
@@ -313,6 +318,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
             counters["budget_from"] = counters["wall_seconds"]
         print(describe_resume(cfg, ckpt_file, state, counters, replay_state, replay_note, env_cfg.seed),
               file=sys.stderr)
+    update_replay_window(cfg, replay, counters["agent_steps"])
 
     log = RunLog(run_dir, cfg, resume_step=counters["agent_steps"] if state is not None else None)
     precision = learner.precision_choice  # what "auto" became here, and why
@@ -426,6 +432,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
             # (Remote actors act by themselves: act() returns the steps of the chunk just stored.)
             new_steps = source.act(epsilon)
             counters["agent_steps"] = agent_steps = counters["agent_steps"] + new_steps
+            update_replay_window(cfg, replay, agent_steps)
             learning = len(replay) >= cfg.learning_starts
             if learning or counters["updates"] == 0:  # a replay lost on resume refills: the schedules wait
                 counters["schedule_steps"] += new_steps

@@ -32,7 +32,11 @@ def test_every_preset_is_valid(preset):
     [(dict(gamma=1.5), "--gamma"), (dict(batch_size=0), "--batch-size"), (dict(replay_ratio=0), "--replay-ratio"),
      (dict(tau=2.0), "--tau"), (dict(device="tpu"), "--device"), (dict(eps_final=-0.1), "--eps-final"),
      (dict(eps_schedule="exp", eps_decay_steps=0), "--eps-decay-steps"),
-     (dict(env=dict(num_envs=4, batch_size=8)), "--env-batch-size")],
+     (dict(env=dict(num_envs=4, batch_size=8)), "--env-batch-size"),
+     (dict(replay_window=1000), "--replay-window and --replay-window-steps go together"),
+     (dict(replay_window_steps=1000), "--replay-window and --replay-window-steps go together"),
+     (dict(replay_window=10**6, replay_window_steps=1000), r"--replay-window 1000000 must be in \[\d+, --buffer-size"),
+     (dict(replay_window=-5, replay_window_steps=1000), "--replay-window must be >= 0")],
 )
 def test_bad_values_are_refused_by_the_flag_the_user_types(changes, message):
     with pytest.raises(ValueError, match=message):

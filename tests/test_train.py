@@ -9,6 +9,7 @@ import pytest
 
 from fastdqn import checkpoint
 from fastdqn.config import make_config
+from fastdqn import train as train_module
 from fastdqn.train import TrainingDiverged, lr_at, train
 
 
@@ -27,6 +28,28 @@ def test_cartpole_preset_solves_within_its_budget(tmp_path):
         assert key in summary
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["best_eval_mean_return"] == summary["best_eval_mean_return"]
+
+
+def test_replay_window_holds_the_sampled_range_back_until_its_step(tmp_path, monkeypatch):
+    seen = []  # (agent steps, the replay's window, records it may sample) at every check
+    original = train_module.update_replay_window
+
+    def spy(cfg, replay, agent_steps):
+        original(cfg, replay, agent_steps)
+        seen.append((agent_steps, replay.window, int(np.count_nonzero(replay.priorities()))))
+
+    monkeypatch.setattr(train_module, "update_replay_window", spy)
+    cfg = make_config("cartpole", run_dir=str(tmp_path / "run"), total_steps=3000, buffer_size=4000,
+                      replay_window=800, replay_window_steps=2000, learning_starts=200, eval_interval=0,
+                      final_eval=False, torch_threads=1)
+    train(cfg, progress=False)
+    before = [s for s in seen if s[0] < 2000]
+    after = [s for s in seen if s[0] >= 2000]
+    assert before and after
+    assert all(window == 800 and sampleable <= 800 for _, window, sampleable in before)
+    assert max(sampleable for *_, sampleable in before) > 700  # the window was full
+    assert all(window is None for _, window, _ in after)
+    assert after[-1][2] > 1500  # and grew once released (~2000 records written by now)
 
 
 def test_corrupt_checkpoint_resumes_from_the_previous_one_and_says_so(tmp_path):

@@ -320,6 +320,12 @@ class PrioritizedReplay:
             runs the same code through their C++ twin (how it is tested without a GPU). Needs
             the native kernels: without them (no compiler, no CUDA) the constructor raises
             RuntimeError.
+        window: None (default) samples from every stored record. A number of records W
+            samples only from the newest W // num_envs of each lane, exactly as a buffer of
+            capacity W would (the older records' frames stay stored, unsampled). The
+            ``window`` attribute can be changed at any time: widening it lets the sampled
+            range grow into the rest of the capacity as new records arrive (records that left
+            the window do not come back); narrowing it drops the records it leaves out at once.
 
     Not thread-safe: call add / sample / update_priorities from one thread at a time. The
     kernels are single-threaded on purpose: a parallel (prange) gather only helps while the
@@ -333,7 +339,7 @@ class PrioritizedReplay:
 
     def __init__(self, capacity: int, num_envs: int, obs_shape, stack: int = 4, n_step: int = 3,
                  gamma: float = 0.99, alpha: float = 0.6, eps: float = 0.01, seed: int = 0,
-                 obs_dtype=np.uint8, frames_device=None):
+                 obs_dtype=np.uint8, frames_device=None, window=None):
         self.frame_shape = tuple(int(s) for s in obs_shape)
         self.obs_dtype = np.dtype(obs_dtype)
         self.capacity = int(capacity)
@@ -416,6 +422,33 @@ class PrioritizedReplay:
         self._change_val = np.empty(self.num_envs * (self.stack + 1), np.float64)
         self._outputs: dict[int, _Outputs] = {}
         self._td_priorities = np.empty(0, np.float64)
+        self._keep = self.lane  # sampling window per lane (see the window property)
+        self.window = window
+
+    @property
+    def window(self) -> int | None:
+        """Records sampled from, newest first (None = the whole capacity); see the class doc."""
+        return None if self._keep == self.lane else self._keep * self.num_envs
+
+    @window.setter
+    def window(self, window: int | None) -> None:
+        keep = self.lane if window is None else int(window) // self.num_envs
+        if window is not None:
+            smallest = self.num_envs * (self.stack + self.n_step + 1)
+            if int(window) != window or not smallest <= window <= self.capacity:
+                raise ValueError(f"window must be None or an int in [{smallest}, {self.capacity}] (num_envs *"
+                                 f" (stack + n_step + 1) to the capacity), got {window}")
+            keep = min(keep, self.lane)
+        narrower = keep < self._keep
+        self._keep = keep
+        if narrower:
+            self._drop_outside_window()
+
+    def _drop_outside_window(self) -> None:
+        """Make the stored records outside the window unsampleable (priority 0)."""
+        ring.narrow_window(self._flags, self._back, self._written, self.stack, self._keep)
+        self._leaves[(self._flags & ring.VALID) == 0] = 0.0
+        segment_tree.rebuild(self._sum, self._min)
 
     # ------------------------------------------------------------------ adding
 
@@ -468,7 +501,7 @@ class PrioritizedReplay:
             flat,
             env_ids, actions, rewards, terminated, truncated, reset_step, new_game,
             self._frames, self._actions, self._rewards, self._flags, self._back, self._written,
-            self.stack, self.n_step, self.max_priority, self._change_idx, self._change_val,
+            self.stack, self.n_step, self.max_priority, self._keep, self._change_idx, self._change_val,
         )
         if count < 0:
             self._raise_add_error(count, env_ids, reset_step, new_game)
@@ -708,7 +741,10 @@ class PrioritizedReplay:
             np.copyto(target, source, casting="same_kind")
         if self._ring_d is not None:
             self._ring_d.load(np.ascontiguousarray(frames, self.obs_dtype), self._back)
-        segment_tree.rebuild(self._sum, self._min)
+        if self._keep < self.lane:  # a state saved with a wider window (or none)
+            self._drop_outside_window()
+        else:
+            segment_tree.rebuild(self._sum, self._min)
         self.max_priority = float(state["max_priority"])
         words = [int(w) for w in np.asarray(state["rng_state"], np.uint64)]
         self._rng.bit_generator.state = {

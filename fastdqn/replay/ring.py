@@ -24,7 +24,10 @@ Validity (the VALID bit, mirrored by a non-zero priority in the sum tree):
   * record k becomes valid when record k+n is written, unless record k+1 is a reset step
     (then the action at k+1 was ignored by EnvPool and there is no transition out of k);
   * when record k+lane overwrites slot k % lane, record k dies, and so do the records
-    k+d (1 <= d < stack) whose stack reaches back to k (back >= d).
+    k+d (1 <= d < stack) whose stack reaches back to k (back >= d);
+  * with a sampling window of ``keep`` < lane records per lane, record k dies the same way
+    when record k+keep is written (its frames stay in place, unsampled): the lane samples
+    exactly like a lane of ``keep`` slots.
 With lane >= stack + n + 1 every window of a valid record (stack behind it, n records
 ahead) is stored, so nothing else can go stale.
 """
@@ -54,12 +57,14 @@ ERR_NEW_GAME_NOT_RESET = -4
 def add_records(
     obs, env_ids, actions, rewards, terminated, truncated, reset_step, new_game,
     frames, act_store, rew_store, flags, back, written,
-    stack, n_step, max_priority, change_idx, change_val,
+    stack, n_step, max_priority, keep, change_idx, change_val,
 ):
     """Append one record per env; emit the (slot, priority) changes for the trees.
 
-    obs is (B, S, F): its last frame obs[:, S-1] is stored. Returns the number of changes
-    written to change_idx / change_val, or a negative error code before touching anything.
+    obs is (B, S, F): its last frame obs[:, S-1] is stored. ``keep`` is the sampling window
+    in records per lane (``lane`` for all of it). Returns the number of changes written to
+    change_idx / change_val (at most stack + 1 per env), or a negative error code before
+    touching anything.
     """
     batch = env_ids.shape[0]
     num_envs = written.shape[0]
@@ -84,11 +89,12 @@ def add_records(
         w = written[e]
         base = e * lane
         slot = w % lane
-        if w >= lane:
-            # Slot `slot` holds record w - lane: it dies, and so does every later record
-            # w - lane + d whose stack reaches back d frames into it.
+        if w >= keep:
+            # Record w - keep dies (keep == lane: slot `slot` holds it and is about to be
+            # overwritten; keep < lane: it leaves the window), and so does every later record
+            # w - keep + d whose stack reaches back d frames into it.
             for d in range(stack):
-                t = base + (slot + d) % lane
+                t = base + (w - keep + d) % lane
                 if (flags[t] & VALID) and (d == 0 or back[t] >= d):
                     flags[t] &= ~np.uint8(VALID)
                     change_idx[count] = t
@@ -124,6 +130,27 @@ def add_records(
             change_val[count] = max_priority
             count += 1
     return count
+
+
+@numba.njit(cache=True, nogil=True)
+def narrow_window(flags, back, written, stack, keep):
+    """Kill every stored record that a window of ``keep`` records per lane leaves out, as
+    add_records would have with that window from the start: the records older than the
+    newest ``keep`` of their lane, and the later records whose stack reaches back into them.
+    Only flags change; the caller zeroes their priorities."""
+    num_envs = written.shape[0]
+    lane = flags.shape[0] // num_envs
+    for e in range(num_envs):
+        base = e * lane
+        w = written[e]
+        for k in range(max(0, w - lane), w - keep):
+            flags[base + k % lane] &= ~np.uint8(VALID)
+        edge = w - keep - 1  # the newest record outside the window
+        if edge >= 0:
+            for d in range(1, stack):
+                k = edge + d
+                if k < w and back[base + k % lane] >= d:
+                    flags[base + k % lane] &= ~np.uint8(VALID)
 
 
 @intrinsic

@@ -213,8 +213,8 @@ def _env_flag(name: str) -> str:
 # flags come first, as "environment"); tests/test_config_cli.py checks that each field is in one.
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "run": ("exp_name", "run_dir", "seed", "total_steps", "max_minutes", "target_score"),
-    "replay": ("buffer_size", "replay_window", "replay_window_steps", "learning_starts", "batch_size", "replay_ratio", "n_step", "per_alpha", "per_beta0",
-               "per_eps"),
+    "replay": ("buffer_size", "replay_window", "replay_window_steps", "learning_starts", "batch_size", "replay_ratio",
+               "n_step", "per_alpha", "per_beta0", "per_eps"),
     "learner": ("gamma", "dueling", "hidden", "torso", "double_q", "loss", "optimizer", "lr", "lr_final", "lr_decay_start",
                 "lr_decay_end", "adam_eps", "max_grad_norm", "target_update_period", "tau"),
     "exploration": ("eps_schedule", "eps_start", "eps_mid", "eps_mid_steps", "eps_final", "eps_final_steps",
@@ -349,8 +349,8 @@ def validate(cfg: TrainConfig) -> None:
         if value(name) <= 0:
             raise ValueError(f"{_flag(name)} must be positive, got {value(name)}")
     for name in ("torch_threads", "learning_starts", "eval_interval", "checkpoint_interval", "max_grad_norm", "per_alpha",
-                 "per_eps", "max_minutes", "lr", "lr_final", "replay_window", "replay_window_steps", "lr_decay_start", "lr_decay_end", "eps_mid_steps",
-                 "eps_final_steps"):
+                 "per_eps", "max_minutes", "lr", "lr_final", "lr_decay_start", "lr_decay_end", "eps_mid_steps",
+                 "eps_final_steps", "replay_window", "replay_window_steps"):
         if value(name) < 0:
             raise ValueError(f"{_flag(name)} must be >= 0, got {value(name)}")
     if not 0 < cfg.gamma <= 1:

@@ -438,7 +438,6 @@ class PrioritizedReplay:
             if int(window) != window or not smallest <= window <= self.capacity:
                 raise ValueError(f"window must be None or an int in [{smallest}, {self.capacity}] (num_envs *"
                                  f" (stack + n_step + 1) to the capacity), got {window}")
-            keep = min(keep, self.lane)
         narrower = keep < self._keep
         self._keep = keep
         if narrower:

@@ -91,15 +91,8 @@ def add_records(
         slot = w % lane
         if w >= keep:
             # Record w - keep dies (keep == lane: slot `slot` holds it and is about to be
-            # overwritten; keep < lane: it leaves the window), and so does every later record
-            # w - keep + d whose stack reaches back d frames into it.
-            for d in range(stack):
-                t = base + (w - keep + d) % lane
-                if (flags[t] & VALID) and (d == 0 or back[t] >= d):
-                    flags[t] &= ~np.uint8(VALID)
-                    change_idx[count] = t
-                    change_val[count] = 0.0
-                    count += 1
+            # overwritten; keep < lane: it leaves the window).
+            count = _kill(flags, back, base, lane, stack, w - keep, change_idx, change_val, count)
         row = base + slot
         for j in range(frames.shape[1]):
             frames[row, j] = obs[i, last, j]
@@ -133,24 +126,32 @@ def add_records(
 
 
 @numba.njit(cache=True, nogil=True)
+def _kill(flags, back, base, lane, stack, k, change_idx, change_val, count):
+    """Record k of the lane at ``base`` dies, and so does every later record k + d whose
+    stack reaches back d frames into it; each death is emitted as a (slot, 0) change.
+    Returns the new change count."""
+    for d in range(stack):
+        t = base + (k + d) % lane
+        if (flags[t] & VALID) and (d == 0 or back[t] >= d):
+            flags[t] &= ~np.uint8(VALID)
+            change_idx[count] = t
+            change_val[count] = 0.0
+            count += 1
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
 def narrow_window(flags, back, written, stack, keep):
     """Kill every stored record that a window of ``keep`` records per lane leaves out, as
-    add_records would have with that window from the start: the records older than the
-    newest ``keep`` of their lane, and the later records whose stack reaches back into them.
-    Only flags change; the caller zeroes their priorities."""
+    add_records would have with that window from the start. Only flags change; the caller
+    zeroes their priorities."""
     num_envs = written.shape[0]
     lane = flags.shape[0] // num_envs
+    unused_idx, unused_val = np.empty(stack, np.int64), np.empty(stack, np.float64)
     for e in range(num_envs):
-        base = e * lane
         w = written[e]
         for k in range(max(0, w - lane), w - keep):
-            flags[base + k % lane] &= ~np.uint8(VALID)
-        edge = w - keep - 1  # the newest record outside the window
-        if edge >= 0:
-            for d in range(1, stack):
-                k = edge + d
-                if k < w and back[base + k % lane] >= d:
-                    flags[base + k % lane] &= ~np.uint8(VALID)
+            _kill(flags, back, e * lane, lane, stack, k, unused_idx, unused_val, 0)
 
 
 @intrinsic

@@ -38,8 +38,8 @@ class TrainConfig:
     # --- replay
     buffer_size: int = _f(1_000_000, "replay capacity in transitions (one frame each)")
     replay_window: int = _f(0, "with --replay-window-steps: sample only the newest N transitions, exactly as a "
-                            "--buffer-size N replay would, until that agent step; after it the sampled range grows "
-                            "with each new transition into the whole --buffer-size. 0 = sample from all of it")
+                            "--buffer-size N replay would, until that agent step; from it on, all of --buffer-size (the "
+                            "older stored transitions come back at the mean priority). 0 = sample from all of it")
     replay_window_steps: int = _f(0, "the agent step at which --replay-window stops holding the sampled range back")
     learning_starts: int = _f(80_000, "agent steps collected before the first update")
     batch_size: int = _f(32, "transitions per learner update")

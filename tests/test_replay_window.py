@@ -63,27 +63,34 @@ def test_a_window_samples_exactly_like_a_buffer_of_that_capacity():
     assert compared > 300 and len(sampleable(reference)) > NUM_ENVS * KEEP // 2  # not a trivial comparison
 
 
-def test_widening_the_window_lets_it_grow_into_the_capacity_with_new_records():
+@pytest.mark.parametrize("how", ["attribute", "load_state_dict"])
+def test_widening_the_window_brings_back_the_stored_records_it_covers(how):
     envs, rng = fake_envs(3), np.random.default_rng(4)
     windowed = build(4 * NUM_ENVS * KEEP, window=NUM_ENVS * KEEP)
-    grown_by = 40
-    # After `grown_by` more synchronous adds the window holds KEEP + grown_by records per lane:
-    # what a plain buffer of that capacity holds after the same adds.
-    reference = build(NUM_ENVS * (KEEP + grown_by))
-    plain = build(4 * NUM_ENVS * KEEP)  # and once every lane has wrapped, a plain one of the capacity
-    everything = (windowed, reference, plain)
-    for _ in range(150):
-        add_to_all(everything, envs, rng, synchronous=True)
-    windowed.window = None
-    assert windowed.window is None
-    for _ in range(grown_by):
-        add_to_all(everything, envs, rng, synchronous=True)
-    assert sampleable(windowed) == sampleable(reference)
-    assert sampleable(windowed) != sampleable(plain)
-    for _ in range(4 * KEEP - grown_by):
-        add_to_all(everything, envs, rng, synchronous=True)
-    assert sampleable(windowed) == sampleable(plain)
-    assert len(sampleable(plain)) > 2 * NUM_ENVS * KEEP
+    plain, small = build(4 * NUM_ENVS * KEEP), build(NUM_ENVS * KEEP)
+    everything = (windowed, plain, small)
+    for step in range(300):  # about 200 records per lane: some lanes have wrapped, some not
+        add_to_all(everything, envs, rng)
+        if step > 20 and step % 3 == 0:
+            learn_in_both(windowed, small, rng)
+    before = sampleable(windowed)
+    if how == "attribute":
+        widened = windowed
+        widened.window = None
+    else:  # a state saved with a window, loaded into a buffer without one
+        widened = build(4 * NUM_ENVS * KEEP)
+        widened.load_state_dict(windowed.state_dict())
+    after = sampleable(widened)
+    assert after.keys() == sampleable(plain).keys()
+    assert len(after) > 2 * len(before)
+    mean = np.mean(list(before.values()))
+    for record, priority in after.items():  # the ones that stay keep theirs; the others get the mean
+        assert priority == before.get(record, pytest.approx(mean, rel=1e-12))
+    for _ in range(40):  # from here on it samples like the plain buffer
+        add_to_all((widened, plain, small), envs, rng)
+        assert sampleable(widened).keys() == sampleable(plain).keys()
+    widened.window = NUM_ENVS * KEEP  # and narrowed again, like the small one
+    assert sampleable(widened).keys() == sampleable(small).keys()
 
 
 @pytest.mark.parametrize("how", ["attribute", "load_state_dict"])

@@ -323,9 +323,10 @@ class PrioritizedReplay:
         window: None (default) samples from every stored record. A number of records W
             samples only from the newest W // num_envs of each lane, exactly as a buffer of
             capacity W would (the older records' frames stay stored, unsampled). The
-            ``window`` attribute can be changed at any time: widening it lets the sampled
-            range grow into the rest of the capacity as new records arrive (records that left
-            the window do not come back); narrowing it drops the records it leaves out at once.
+            ``window`` attribute can be changed at any time, and the stored records it then
+            covers are sampleable at once: narrowing it drops the records it leaves out;
+            widening it brings back the stored ones it now covers (their frames were kept),
+            at the mean priority of the records already in it.
 
     Not thread-safe: call add / sample / update_priorities from one thread at a time. The
     kernels are single-threaded on purpose: a parallel (prange) gather only helps while the
@@ -438,15 +439,21 @@ class PrioritizedReplay:
             if int(window) != window or not smallest <= window <= self.capacity:
                 raise ValueError(f"window must be None or an int in [{smallest}, {self.capacity}] (num_envs *"
                                  f" (stack + n_step + 1) to the capacity), got {window}")
-        narrower = keep < self._keep
-        self._keep = keep
-        if narrower:
-            self._drop_outside_window()
+        if keep != self._keep:
+            self._keep = keep
+            self._apply_window()
 
-    def _drop_outside_window(self) -> None:
-        """Make the stored records outside the window unsampleable (priority 0)."""
-        ring.narrow_window(self._flags, self._back, self._written, self.stack, self._keep)
-        self._leaves[(self._flags & ring.VALID) == 0] = 0.0
+    def _apply_window(self) -> None:
+        """Make exactly the stored records in the window sampleable: the ones it leaves out
+        get priority 0, and the ones that come into it (a wider window) the mean priority of
+        the ones that stay in it (their own priorities were not kept)."""
+        was_valid = (self._flags & ring.VALID) != 0
+        ring.apply_window(self._flags, self._back, self._written, self.stack, self.n_step, self._keep)
+        valid = (self._flags & ring.VALID) != 0
+        entering, staying = valid & ~was_valid, valid & was_valid
+        if entering.any():
+            self._leaves[entering] = self._leaves[staying].mean() if staying.any() else self.max_priority
+        self._leaves[~valid] = 0.0
         segment_tree.rebuild(self._sum, self._min)
 
     # ------------------------------------------------------------------ adding
@@ -740,11 +747,8 @@ class PrioritizedReplay:
             np.copyto(target, source, casting="same_kind")
         if self._ring_d is not None:
             self._ring_d.load(np.ascontiguousarray(frames, self.obs_dtype), self._back)
-        if self._keep < self.lane:  # a state saved with a wider window (or none)
-            self._drop_outside_window()
-        else:
-            segment_tree.rebuild(self._sum, self._min)
         self.max_priority = float(state["max_priority"])
+        self._apply_window()  # the state may have been saved with another window; rebuilds the trees
         words = [int(w) for w in np.asarray(state["rng_state"], np.uint64)]
         self._rng.bit_generator.state = {
             "bit_generator": "PCG64",

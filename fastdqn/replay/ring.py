@@ -27,7 +27,8 @@ Validity (the VALID bit, mirrored by a non-zero priority in the sum tree):
     k+d (1 <= d < stack) whose stack reaches back to k (back >= d);
   * with a sampling window of ``keep`` < lane records per lane, record k dies the same way
     when record k+keep is written (its frames stay in place, unsampled): the lane samples
-    exactly like a lane of ``keep`` slots.
+    exactly like a lane of ``keep`` slots. When the window changes, ``apply_window`` sets
+    every stored record's VALID bit to what that rule gives.
 With lane >= stack + n + 1 every window of a valid record (stack behind it, n records
 ahead) is stored, so nothing else can go stale.
 """
@@ -141,17 +142,24 @@ def _kill(flags, back, base, lane, stack, k, change_idx, change_val, count):
 
 
 @numba.njit(cache=True, nogil=True)
-def narrow_window(flags, back, written, stack, keep):
-    """Kill every stored record that a window of ``keep`` records per lane leaves out, as
-    add_records would have with that window from the start. Only flags change; the caller
-    zeroes their priorities."""
+def apply_window(flags, back, written, stack, n_step, keep):
+    """Set the VALID bit of every stored record to what add_records would have left with a
+    window of ``keep`` records per lane from the start (``lane``: no window): record k is
+    valid when record k + n is written, record k + 1 is not a reset step, and its whole stack
+    (records k - back[k] ... k) lies in the newest ``keep`` records of the lane. Only flags
+    change; the caller sets the priorities."""
     num_envs = written.shape[0]
     lane = flags.shape[0] // num_envs
-    unused_idx, unused_val = np.empty(stack, np.int64), np.empty(stack, np.float64)
     for e in range(num_envs):
         w = written[e]
-        for k in range(max(0, w - lane), w - keep):
-            _kill(flags, back, e * lane, lane, stack, k, unused_idx, unused_val, 0)
+        base = e * lane
+        oldest = w - keep  # the oldest record in the window (negative until the lane holds keep)
+        for k in range(max(0, w - lane), w):
+            t = base + k % lane
+            if k + n_step < w and not (flags[base + (k + 1) % lane] & RESET_STEP) and k - back[t] >= oldest:
+                flags[t] |= VALID
+            else:
+                flags[t] &= ~np.uint8(VALID)
 
 
 @intrinsic

@@ -54,6 +54,13 @@ ERR_FIRST_NOT_NEW_GAME = -3
 ERR_NEW_GAME_NOT_RESET = -4
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _starts_a_transition(flags, base, lane, k):
+    """Record k of the lane at ``base`` is followed by a step of the same episode (record
+    k + 1 is not a reset step), so (k, k + 1, ...) is a transition that can be sampled."""
+    return not (flags[base + (k + 1) % lane] & RESET_STEP)
+
+
 @numba.njit(cache=True, nogil=True)
 def add_records(
     obs, env_ids, actions, rewards, terminated, truncated, reset_step, new_game,
@@ -117,7 +124,7 @@ def add_records(
         written[e] = w + 1
         # Record k = w - n now has its whole n-step window stored.
         k = w - n_step
-        if k >= 0 and not (flags[base + (k + 1) % lane] & RESET_STEP):
+        if k >= 0 and _starts_a_transition(flags, base, lane, k):
             t = base + k % lane
             flags[t] |= VALID
             change_idx[count] = t
@@ -156,7 +163,7 @@ def apply_window(flags, back, written, stack, n_step, keep):
         oldest = w - keep  # the oldest record in the window (negative until the lane holds keep)
         for k in range(max(0, w - lane), w):
             t = base + k % lane
-            if k + n_step < w and not (flags[base + (k + 1) % lane] & RESET_STEP) and k - back[t] >= oldest:
+            if k + n_step < w and _starts_a_transition(flags, base, lane, k) and k - back[t] >= oldest:
                 flags[t] |= VALID
             else:
                 flags[t] &= ~np.uint8(VALID)

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from fastdqn import hardware
-from fastdqn.networks import cast_trunk
+from fastdqn.networks import cast_trunk, channels_last
 
 __all__ = ["Learner", "BATCH_FIELDS"]
 
@@ -277,7 +277,7 @@ class Learner:
         """(loss, |TD| per sample, mean Q(s,a)); the forwards under autocast, the rest fp32."""
         if self._channels_last:
             # Both networks would reorder s' to their channels_last weights: do it once.
-            next_obs = next_obs.contiguous(memory_format=torch.channels_last)
+            next_obs = channels_last(next_obs)
         with self.autocast():
             q_all = self.q_network(obs)
             with torch.no_grad():

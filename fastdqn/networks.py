@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from collections.abc import Sequence
 
+import numba
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TORSOS", "NatureCNN", "MLP", "QHead", "make_q_network", "cast_trunk"]
+__all__ = ["TORSOS", "NatureCNN", "MLP", "QHead", "make_q_network", "cast_trunk", "channels_last"]
 
 _RELU_GAIN = math.sqrt(2.0)
 # torch >= 2.4 asks "is autocast on, and in which dtype" per device type; older versions
@@ -87,6 +90,39 @@ class QHead(nn.Module):
         return self._stream(self.value, features) + advantage - advantage.mean(dim=1, keepdim=True)
 
 
+@numba.njit(cache=True, nogil=True)
+def _interleave4(planes, pixels):
+    """pixels[b, p] = the bytes planes[b, 0..3, p] packed into one uint32, channel c in byte c.
+
+    In little-endian memory that is the (B, H*W, 4) channels_last byte order, written one
+    pixel (4 bytes) at a time: a loop the compiler vectorizes, where a byte-by-byte transpose
+    does not vectorize.
+    """
+    for b in range(planes.shape[0]):
+        for p in range(planes.shape[2]):
+            pixels[b, p] = (np.uint32(planes[b, 0, p]) | (np.uint32(planes[b, 1, p]) << 8)
+                            | (np.uint32(planes[b, 2, p]) << 16) | (np.uint32(planes[b, 3, p]) << 24))
+
+
+def channels_last(obs: torch.Tensor) -> torch.Tensor:
+    """``obs.contiguous(memory_format=torch.channels_last)``, the same bytes in the same layout.
+
+    Stacks of 4 uint8 frames on a little-endian CPU, the learner's batches and the actor's
+    observations, are reordered by :func:`_interleave4`: ~0.05 ms for (64, 4, 84, 84) where
+    torch's generic strided copy takes ~1 ms (2 cores, AVX2). Anything else goes to torch.
+    """
+    if obs.is_contiguous(memory_format=torch.channels_last):
+        return obs
+    b, c, h, w = obs.shape if obs.dim() == 4 else (0, 0, 0, 0)
+    if (c != 4 or obs.dtype != torch.uint8 or obs.device.type != "cpu" or sys.byteorder != "little"
+            or obs.stride(3) != 1 or obs.stride(2) != w or obs.requires_grad):
+        return obs.contiguous(memory_format=torch.channels_last)
+    out = torch.empty((b, h, w, c), dtype=torch.uint8)
+    # (B, C, H, W) -> (B, C, H*W) is a view (rows are contiguous), also of a strided batch.
+    _interleave4(obs.numpy().reshape(b, c, h * w), out.numpy().view(np.uint32).reshape(b, h * w))
+    return out.permute(0, 3, 1, 2)
+
+
 # Conv torsos for 84x84 frames, as (out_channels, kernel, stride) per layer. "nips" is the
 # network of Mnih et al. (2013), about a third of the Nature torso's arithmetic per frame
 # (their fc layer had 256 units: pass hidden=256 for the whole 2013 network).
@@ -131,7 +167,7 @@ class NatureCNN(nn.Module):
         # torch.channels_last) every conv runs channels_last with no reorder of its own. The
         # bytes are reordered before the cast (4x less to move), and scaled in place.
         if self.torso[0].weight.is_contiguous(memory_format=torch.channels_last):
-            obs = obs.contiguous(memory_format=torch.channels_last)
+            obs = channels_last(obs)
         x = obs.to(dtype)
         x = x.div_(255.0) if x is not obs else x / 255.0  # never scale the caller's tensor
         return self.head(self.torso(x))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastdqn.networks import MLP, NatureCNN, make_q_network
+from fastdqn.networks import MLP, NatureCNN, channels_last, make_q_network
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -53,6 +53,21 @@ def test_nature_cnn_scales_uint8_frames_by_255():
         torch.testing.assert_close(net(frames), expected, rtol=1e-6, atol=1e-6)
         assert torch.equal(frames, x.float())
         net = net.to(memory_format=torch.channels_last)
+
+
+def test_channels_last_matches_torchs_reorder_byte_for_byte():
+    # The replay hands the learner strided views of one (B, stack + n, 84, 84) window of
+    # frames: obs = window[:, :4], next_obs = window[:, n:n + 4]; the actor a plain batch.
+    window = torch.randint(0, 256, (5, 7, 84, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    cases = [window[:, :4], window[:, 3:7], window[:, :4].contiguous(), _frames(2),
+             window[:, :3], window[:, :4].float(), window[:0, :4]]  # (the last three: torch's own path)
+    for x in cases:
+        expected = x.contiguous(memory_format=torch.channels_last)
+        got = channels_last(x)
+        assert got.shape == expected.shape and got.stride() == expected.stride() and got.dtype == x.dtype
+        assert torch.equal(got, x)
+    ready = cases[0].contiguous(memory_format=torch.channels_last)
+    assert channels_last(ready) is ready
 
 
 def test_nature_cnn_bf16_autocast_close_to_fp32_with_q_in_fp32():

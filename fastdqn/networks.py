@@ -108,8 +108,9 @@ def channels_last(obs: torch.Tensor) -> torch.Tensor:
     """``obs.contiguous(memory_format=torch.channels_last)``, the same bytes in the same layout.
 
     Stacks of 4 uint8 frames on a little-endian CPU, the learner's batches and the actor's
-    observations, are reordered by :func:`_interleave4`: ~0.05 ms for (64, 4, 84, 84) where
-    torch's generic strided copy takes ~1 ms (2 cores, AVX2). Anything else goes to torch.
+    observations, are reordered by :func:`_interleave4`: ~0.1-0.15 ms for (64, 4, 84, 84) where
+    torch's generic strided copy takes ~1 ms (2-core AMD EPYC, AVX2 cap; see
+    docs/learner-profile.md). Anything else goes to torch.
     """
     if obs.is_contiguous(memory_format=torch.channels_last):
         return obs

@@ -34,6 +34,7 @@ if not __package__:  # run as a file (python bench/NAME.py): see bench/_checkout
 
 import argparse
 import copy
+import itertools
 import sys
 import time
 
@@ -42,7 +43,7 @@ import torch
 
 from fastdqn.hardware import keep_freed_memory, resolve_precision
 from fastdqn.learner import Learner
-from fastdqn.networks import TORSOS, make_q_network
+from fastdqn.networks import TORSOS, channels_last, make_q_network
 from .baselines import PlainUpdate
 from .common import OtherLoad, machine, print_machine, write_json
 
@@ -183,7 +184,7 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
 
 
 def profile(batch_size: int = 32, modes=("plain", "fp32-eager"), updates: int = 20,
-            top: int = 12, device: str = "cpu") -> dict:
+            top: int = 12, device: str = "cpu", torso: str = "nature", hidden: int = 512) -> dict:
     """Where an update's time goes, per mode: minor page faults per update, and torch.profiler's
     ops by self CPU time (ms per update, calls per update, input shapes).
 
@@ -198,9 +199,9 @@ def profile(batch_size: int = 32, modes=("plain", "fp32-eager"), updates: int = 
     device = torch.device(device)
     tuned = keep_freed_memory() if device.type == "cpu" else False
     torch.manual_seed(0)
-    net = make_q_network((4, 84, 84), NUM_ACTIONS, dueling=True)
+    net = make_q_network((4, 84, 84), NUM_ACTIONS, dueling=True, hidden=hidden, torso=torso)
     batches = random_batches(1, batch_size)
-    report = {"batch_size": batch_size, "updates": updates, "allocator_tuned": tuned,
+    report = {"batch_size": batch_size, "updates": updates, "allocator_tuned": tuned, "torso": torso,
               "machine": machine(), "threads": torch.get_num_threads(), "modes": {}}
     for mode in modes:
         learner = _make(mode, net, device, 1)
@@ -225,6 +226,23 @@ def profile(batch_size: int = 32, modes=("plain", "fp32-eager"), updates: int = 
                          "calls_per_update": round(e.count / updates, 2),
                          "shapes": str(e.input_shapes)[:80]} for e in events[:top]],
         }
+    return report
+
+
+def time_reorder(batch_size: int = 64, repeats: int = 200) -> dict:
+    """ms per reorder of a (B, 4, 84, 84) uint8 batch to channels_last: torch's strided copy
+    against fastdqn.networks.channels_last, for a contiguous batch and for the replay's
+    strided view (obs = window[:, :4] of a (B, 7, 84, 84) window of frames)."""
+    window = torch.from_numpy(random_batches(1, batch_size)[0]["obs"]).repeat(1, 2, 1, 1)[:, :7]
+    inputs = {"contiguous": window[:, :4].contiguous(), "replay view": window[:, :4]}
+    ways = {"torch": lambda x: x.contiguous(memory_format=torch.channels_last), "fastdqn": channels_last}
+    report = {"batch_size": batch_size, "machine": machine(), "threads": torch.get_num_threads(), "ms": {}}
+    for (input_name, x), (way, reorder) in itertools.product(inputs.items(), ways.items()):
+        reorder(x)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            reorder(x)
+        report["ms"][f"{way}, {input_name}"] = round(1e3 * (time.perf_counter() - t0) / repeats, 3)
     return report
 
 
@@ -289,13 +307,23 @@ def main(argv: list[str] | None = None) -> dict:
                         help="instead of timing: torch.profiler's top ops and the page faults per update "
                              "of each mode (default modes plain,fp32-eager) at the first batch size; "
                              "FASTDQN_DEFAULT_MALLOC=1 shows them with glibc's default allocator")
+    parser.add_argument("--reorder", action="store_true",
+                        help="instead of timing updates: ms per channels_last reorder of one uint8 batch "
+                             "(first batch size), torch's copy against fastdqn's")
     args = parser.parse_args(argv)
+    if args.reorder:
+        report = time_reorder(int(args.batch_sizes.split(",")[0]), repeats=10 if args.quick else 200)
+        print_machine(report["machine"])
+        for name, ms in report["ms"].items():
+            print(f"{name:<24} {ms:7.3f} ms")
+        write_json(args.json, report)
+        return report
     if args.profile:
         modes = args.modes.split(",") if args.modes else ["plain", "fp32-eager"]
         if args.threads:
             torch.set_num_threads(args.threads)
         report = profile(int(args.batch_sizes.split(",")[0]), modes, device=args.device or "cpu",
-                         updates=4 if args.quick else 20)
+                         updates=4 if args.quick else 20, torso=args.torso, hidden=args.hidden)
         print_machine(report["machine"])
         print(format_profile(report))
         write_json(args.json, report)

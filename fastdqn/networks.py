@@ -108,16 +108,17 @@ def channels_last(obs: torch.Tensor) -> torch.Tensor:
     """``obs.contiguous(memory_format=torch.channels_last)``, the same bytes in the same layout.
 
     Stacks of 4 uint8 frames on a little-endian CPU, the learner's batches and the actor's
-    observations, are reordered by :func:`_interleave4`: ~0.1-0.15 ms for (64, 4, 84, 84) where
+    observations, are reordered by :func:`_interleave4`: ~0.1-0.2 ms for (64, 4, 84, 84) where
     torch's generic strided copy takes ~1 ms (2-core AMD EPYC, AVX2 cap; see
-    docs/learner-profile.md). Anything else goes to torch.
+    `fastdqn bench learner --reorder`). Anything else goes to torch.
     """
     if obs.is_contiguous(memory_format=torch.channels_last):
         return obs
-    b, c, h, w = obs.shape if obs.dim() == 4 else (0, 0, 0, 0)
-    if (c != 4 or obs.dtype != torch.uint8 or obs.device.type != "cpu" or sys.byteorder != "little"
-            or obs.stride(3) != 1 or obs.stride(2) != w or obs.requires_grad):
+    packable = (obs.dim() == 4 and obs.shape[1] == 4 and obs.dtype == torch.uint8 and obs.device.type == "cpu"
+                and sys.byteorder == "little" and obs.stride(3) == 1 and obs.stride(2) == obs.shape[3])
+    if not packable:
         return obs.contiguous(memory_format=torch.channels_last)
+    b, c, h, w = obs.shape
     out = torch.empty((b, h, w, c), dtype=torch.uint8)
     # (B, C, H, W) -> (B, C, H*W) is a view (rows are contiguous), also of a strided batch.
     _interleave4(obs.numpy().reshape(b, c, h * w), out.numpy().view(np.uint32).reshape(b, h * w))

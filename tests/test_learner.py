@@ -472,3 +472,15 @@ def test_learner_bench_times_the_network_it_is_given():
     assert {r["mode"] for r in report["results"]} == {"fp32-eager", "bf16-eager"}  # no Nature-only baselines
     with pytest.raises(SystemExit):  # a baseline of another network would give a meaningless ratio
         bench.main(["--device", "cpu", "--torso", "nips", "--modes", "plain,fp32-eager"])
+
+
+def test_learner_bench_profiles_and_reorders_the_network_it_is_given(capsys):
+    from bench import learner as bench
+
+    report = bench.main(["--profile", "--quick", "--device", "cpu", "--batch-sizes", "4", "--modes", "fp32-eager",
+                         "--torso", "nips", "--hidden", "256"])
+    shapes = " ".join(op["shapes"] for op in report["modes"]["fp32-eager"]["top_ops"])
+    assert report["torso"] == "nips" and "[16, 4, 8, 8]" in shapes  # the 2013 conv1, not the Nature one
+    report = bench.main(["--reorder", "--quick", "--batch-sizes", "4"])
+    assert set(report["ms"]) == {f"{way}, {x}" for way in ("torch", "fastdqn") for x in ("contiguous", "replay view")}
+    assert "fastdqn, replay view" in capsys.readouterr().out

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from fastdqn import hardware
-from fastdqn.networks import cast_trunk, channels_last
+from fastdqn.networks import cast_trunk
 
 __all__ = ["Learner", "BATCH_FIELDS"]
 
@@ -275,15 +275,18 @@ class Learner:
 
     def _td_loss(self, obs, actions, returns, discounts, next_obs, weights):
         """(loss, |TD| per sample, mean Q(s,a)); the forwards under autocast, the rest fp32."""
-        if self._channels_last:
-            # Both networks would reorder s' to their channels_last weights: do it once.
-            next_obs = channels_last(next_obs)
         with self.autocast():
             q_all = self.q_network(obs)
             with torch.no_grad():
                 target_net = self.target_network if self._target_bf16 is None else self._target_bf16
-                next_target = target_net(next_obs)
-                next_online = self.q_network(next_obs) if self.double_q else None
+                if self._channels_last and self.double_q:
+                    # fp32 conv nets (CPU): both networks read the same s', scaled once.
+                    next_x = self.q_network.scale(next_obs)
+                    next_target = target_net(next_x, scaled=True)
+                    next_online = self.q_network(next_x, scaled=True)
+                else:
+                    next_target = target_net(next_obs)
+                    next_online = self.q_network(next_obs) if self.double_q else None
         q = q_all.float().gather(1, actions.unsqueeze(1)).squeeze(1)
         with torch.no_grad():
             next_target = next_target.float()

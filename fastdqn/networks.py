@@ -160,7 +160,10 @@ class NatureCNN(nn.Module):
             n_features = self.torso(torch.zeros(1, in_channels, frame_size, frame_size)).shape[1]
         self.head = QHead(n_features, hidden, num_actions, dueling)
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+    def scale(self, obs: torch.Tensor) -> torch.Tensor:
+        """Pixels -> the torso's input: /255 in the autocast dtype (else fp32), in the weights'
+        memory format. forward(obs) is forward(scale(obs), scaled=True); the learner scales s'
+        once for both of its networks."""
         device_type = obs.device.type
         dtype = torch.float32
         if _DEVICE_AUTOCAST_API and torch.is_autocast_enabled(device_type):
@@ -171,8 +174,10 @@ class NatureCNN(nn.Module):
         if self.torso[0].weight.is_contiguous(memory_format=torch.channels_last):
             obs = channels_last(obs)
         x = obs.to(dtype)
-        x = x.div_(255.0) if x is not obs else x / 255.0  # never scale the caller's tensor
-        return self.head(self.torso(x))
+        return x.div_(255.0) if x is not obs else x / 255.0  # never scale the caller's tensor
+
+    def forward(self, obs: torch.Tensor, scaled: bool = False) -> torch.Tensor:
+        return self.head(self.torso(obs if scaled else self.scale(obs)))
 
 
 class MLP(nn.Module):

@@ -52,6 +52,8 @@ def test_nature_cnn_scales_uint8_frames_by_255():
     for _ in range(2):
         torch.testing.assert_close(net(frames), expected, rtol=1e-6, atol=1e-6)
         assert torch.equal(frames, x.float())
+        # scale() is forward's first half: the learner scales s' once for both of its nets
+        assert torch.equal(net(net.scale(x), scaled=True), net(x))
         net = net.to(memory_format=torch.channels_last)
 
 

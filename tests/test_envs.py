@@ -72,7 +72,11 @@ def test_full_game_score_is_ram_score_across_life_losses(batch_size):
     for ret, ram_score, length, elapsed, losses in games:
         assert ret == ram_score
         assert length == elapsed
-        assert losses >= 2  # several training terminals inside one reported game
+        assert losses <= 2  # SpaceInvaders has 3 lives: the third loss is the game over
+    # Several training terminals inside one reported game. Not in every game: random play
+    # sometimes lets the invaders land, which ends the game with lives left (in async mode
+    # the games, like the actions, depend on thread timing).
+    assert max(g[4] for g in games) == 2
     # Scores far above the clipped sum: the rewards reported are the unclipped ones.
     assert max(g[0] for g in games) > 50
 

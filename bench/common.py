@@ -71,7 +71,8 @@ def print_machine(info: dict, file=None) -> None:
     gpu = info["gpu"] or "no GPU"
     flags = " ".join(info.get("cpu_flags", [])) or "none known"
     cap = "".join(f", {k}={v}" for k, v in info.get("isa_cap", {}).items())
-    print(f"machine: {info['cpu']}, {info['cores']} cores (flags: {flags}{cap}), {gpu}; python {info['python']}, "
+    cpu_id = f" ({info['cpu_id']})" if info.get("cpu_id") else ""
+    print(f"machine: {info['cpu']}{cpu_id}, {info['cores']} cores (flags: {flags}{cap}), {gpu}; python {info['python']}, "
           f"torch {info['torch']}, envpool {info['envpool']}, numba {info['numba']}, numpy {info['numpy']}", file=file)
 
 

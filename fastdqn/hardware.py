@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["cpu_info", "machine", "Precision", "resolve_precision", "autocast", "keep_freed_memory"]
+__all__ = ["cpu_info", "parse_cpuinfo", "machine", "Precision", "resolve_precision", "autocast", "keep_freed_memory"]
 
 # The flags worth printing beside a CPU figure: vector width and bf16 / int8 support.
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
@@ -36,19 +36,30 @@ _ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX",
 
 @lru_cache(maxsize=1)
 def cpu_info() -> dict:
-    """{"model", "cores", "flags" (the VECTOR_FLAGS present), "isa_cap"} of this CPU."""
+    """{"model", "cpu_id", "cores", "flags" (the VECTOR_FLAGS present), "isa_cap"} of this CPU."""
     try:
-        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: the model from platform, the flags unknown
-        first_cpu = []
-    fields = dict(line.split(":", 1) for line in first_cpu if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    model = fields.get("model name", platform.processor() or "unknown")
-    flags = set(fields.get("flags", "").split())
+        text = ""
     cap = {name: os.environ[name] for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
            if os.environ.get(name)}
-    return {"model": model, "cores": os.cpu_count(),
-            "flags": [f for f in VECTOR_FLAGS if f in flags], "isa_cap": cap}
+    return {**parse_cpuinfo(text), "cores": os.cpu_count(), "isa_cap": cap}
+
+
+def parse_cpuinfo(text: str) -> dict:
+    """Model name, CPU id and vector flags of the first CPU in a /proc/cpuinfo text.
+
+    ``cpu_id`` ("family 25 model 1") tells CPU generations apart where a VM shows only a
+    brand ("AMD EPYC" is Zen3 as family 25 model 1, Zen4 as model 17); None where unknown.
+    """
+    first_cpu = text.split("\n\n")[0].splitlines()
+    fields = dict(line.split(":", 1) for line in first_cpu if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    family, model = fields.get("cpu family"), fields.get("model")
+    return {"model": fields.get("model name", platform.processor() or "unknown"),
+            "cpu_id": f"family {family} model {model}" if family and model else None,
+            "flags": [f for f in VECTOR_FLAGS if f in flags]}
 
 
 def machine(device: torch.device | str | None = None) -> dict:
@@ -59,7 +70,7 @@ def machine(device: torch.device | str | None = None) -> dict:
     device = torch.device(device) if device is not None else None
     if (device is None or device.type == "cuda") and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(device if device is not None else 0)
-    return {"cpu": info["model"], "cores": info["cores"], "cpu_flags": info["flags"],
+    return {"cpu": info["model"], "cpu_id": info.get("cpu_id"), "cores": info["cores"], "cpu_flags": info["flags"],
             "isa_cap": info["isa_cap"], "gpu": gpu}
 
 

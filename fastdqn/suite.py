@@ -289,7 +289,7 @@ def markdown(report: dict) -> str:
     lines = ["# fastdqn suite", "",
              f"- Protocol: {report['protocol_description']}",
              f"- Budget: {report['budget']['description']}; preset {report['preset'] or '(none)'}; seed {report['seed']}"]
-    lines += [f"- Machine: {m['cpu']} ({m['cores']} cores), {'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}"
+    lines += [f"- Machine: {m['cpu']}{' (' + m['cpu_id'] + ')' if m.get('cpu_id') else ''} ({m['cores']} cores), {'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}"
               for m in machines]
     lines += ["", "| game | score | random | human | HNS | agent steps | minutes | stopped |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]

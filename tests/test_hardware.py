@@ -65,6 +65,29 @@ def test_cpu_info_reads_model_and_flags():
     assert set(info["flags"]) <= set(hardware.VECTOR_FLAGS)
 
 
+_ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx avx2 fma sha_ni
+
+processor\t: 1
+cpu family\t: 25
+model\t\t: 17
+flags\t\t: avx512f avx512_bf16
+"""
+
+
+def test_parse_cpuinfo_names_the_first_cpus_generation_and_flags():
+    info = hardware.parse_cpuinfo(_ZEN3)
+    assert info == {"model": "AMD EPYC", "cpu_id": "family 25 model 1", "flags": ["avx2", "fma"]}
+    zen4 = _ZEN3.replace("model\t\t: 1\n", "model\t\t: 17\n", 1).replace("sha_ni", "avx512f avx512_bf16")
+    assert hardware.parse_cpuinfo(zen4)["cpu_id"] == "family 25 model 17"
+    assert hardware.parse_cpuinfo(zen4)["flags"] == ["avx2", "fma", "avx512f", "avx512_bf16"]
+    assert hardware.parse_cpuinfo("")["cpu_id"] is None  # no /proc/cpuinfo: unknown, not a guess
+
+
 def test_keep_freed_memory_stops_the_updates_page_faults():
     # A fresh process: minor page faults per CPU update of the Nature CNN at batch 32 under
     # glibc's static default (blocks over 128 KB mmapped afresh and unmapped on free; glibc

@@ -67,12 +67,13 @@ def fmt(value) -> str:
 
 
 def print_machine(info: dict, file=None) -> None:
+    from fastdqn.hardware import cpu_label
+
     file = file or sys.stdout
     gpu = info["gpu"] or "no GPU"
     flags = " ".join(info.get("cpu_flags", [])) or "none known"
     cap = "".join(f", {k}={v}" for k, v in info.get("isa_cap", {}).items())
-    cpu_id = f" ({info['cpu_id']})" if info.get("cpu_id") else ""
-    print(f"machine: {info['cpu']}{cpu_id}, {info['cores']} cores (flags: {flags}{cap}), {gpu}; python {info['python']}, "
+    print(f"machine: {cpu_label(info)}, {info['cores']} cores (flags: {flags}{cap}), {gpu}; python {info['python']}, "
           f"torch {info['torch']}, envpool {info['envpool']}, numba {info['numba']}, numpy {info['numpy']}", file=file)
 
 

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["cpu_info", "parse_cpuinfo", "machine", "Precision", "resolve_precision", "autocast", "keep_freed_memory"]
+__all__ = ["cpu_info", "parse_cpuinfo", "machine", "cpu_label", "Precision", "resolve_precision", "autocast", "keep_freed_memory"]
 
 # The flags worth printing beside a CPU figure: vector width and bf16 / int8 support.
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
@@ -72,6 +72,12 @@ def machine(device: torch.device | str | None = None) -> dict:
         gpu = torch.cuda.get_device_name(device if device is not None else 0)
     return {"cpu": info["model"], "cpu_id": info.get("cpu_id"), "cores": info["cores"], "cpu_flags": info["flags"],
             "isa_cap": info["isa_cap"], "gpu": gpu}
+
+
+def cpu_label(record: dict) -> str:
+    """A machine record's CPU as printed beside a figure: "AMD EPYC (family 25 model 1)",
+    or the model alone in records written before ``cpu_id`` existed."""
+    return f"{record['cpu']} ({record['cpu_id']})" if record.get("cpu_id") else record["cpu"]
 
 
 def cpu_has_fast_bf16(info: dict | None = None) -> tuple[bool, str]:

@@ -285,11 +285,13 @@ def write_report(out: Path, jobs: list[dict], args: argparse.Namespace) -> dict:
 
 
 def markdown(report: dict) -> str:
+    from fastdqn import hardware  # imports torch: only where a report is written
+
     machines = report["machine"] if isinstance(report["machine"], list) else [report["machine"]]
     lines = ["# fastdqn suite", "",
              f"- Protocol: {report['protocol_description']}",
              f"- Budget: {report['budget']['description']}; preset {report['preset'] or '(none)'}; seed {report['seed']}"]
-    lines += [f"- Machine: {m['cpu']}{' (' + m['cpu_id'] + ')' if m.get('cpu_id') else ''} ({m['cores']} cores), {'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}"
+    lines += [f"- Machine: {hardware.cpu_label(m)} ({m['cores']} cores), {'GPU ' + m['gpu'] if m.get('gpu') else 'no GPU'}"
               for m in machines]
     lines += ["", "| game | score | random | human | HNS | agent steps | minutes | stopped |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]

@@ -68,7 +68,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.episodic_life is not None:
         cfg.env = replace(cfg.env, episodic_life=args.episodic_life)
     if args.gif and not is_atari(cfg.env.env_id):
-        raise ValueError(f"--gif shows the agent's 84x84 Atari frames; {cfg.env.env_id} has none: use --video "
+        raise ValueError(f"--gif shows the agent's grey Atari frames; {cfg.env.env_id} has none: use --video "
                          "for an MP4 of any game")
     device = resolve_device(args.device)
     learner = build_learner(cfg, obs_shape, num_actions, device)

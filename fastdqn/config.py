@@ -320,7 +320,7 @@ def resume_config(run_dir: str, args: argparse.Namespace) -> TrainConfig:
 
 # What a resumed run cannot change: the network's and the replay's shapes and meaning.
 FIXED_ON_RESUME = {
-    "EnvConfig": ("env_id", "num_envs", "stack_num", "protocol", "full_action_space"),
+    "EnvConfig": ("env_id", "num_envs", "stack_num", "frame_size", "protocol", "full_action_space"),
     "TrainConfig": ("buffer_size", "n_step", "gamma", "per_alpha", "per_eps", "dueling", "hidden", "torso", "optimizer"),
 }
 
@@ -441,6 +441,7 @@ def protocol_record(cfg: TrainConfig) -> dict:
     options = dict(repeat_action_probability=env.repeat_action_probability, noop_max=env.noop_max,
                    full_action_space=env.full_action_space, use_fire_reset=env.use_fire_reset,
                    episodic_life=env.episodic_life, reward_clip=env.reward_clip, frame_skip=env.frame_skip,
+                   frame_size=env.frame_size,
                    max_episode_steps=env.max_episode_steps, max_episode_frames=env.max_episode_steps * env.frame_skip,
                    **evaluation)
     changed = {name: now for name, (_, now) in protocol_deviations(env).items()}

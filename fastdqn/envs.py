@@ -62,6 +62,9 @@ class EnvConfig:
     max_episode_steps: int = field(default=27000, metadata={"help": "time limit in agent steps (27000 = 108k frames); CartPole uses its own 500"})
     frame_skip: int = field(default=4, metadata={"help": "Atari: emulator frames per agent step"})
     stack_num: int = field(default=4, metadata={"help": "Atari: frames stacked into one observation"})
+    frame_size: int = field(default=84, metadata={
+        "help": "Atari: grey frames are resized to this many pixels square (84 as in the DQN papers; smaller "
+                "is cheaper to learn from, and a change of the game's input: say so beside its scores)"})
 
     def for_evaluation(self, num_envs: int | None = None, seed: int | None = None) -> "EnvConfig":
         """The same game for scoring: unclipped rewards, synchronous stepping, its own seeds.
@@ -73,6 +76,10 @@ class EnvConfig:
             batch_size=0,
             seed=self.seed + 10_000 if seed is None else seed,
         )
+
+
+# Nature torso: 36 -> 8 -> 3 -> 1 pixels; any smaller frame leaves a conv nothing to cover.
+MIN_FRAME_SIZE = 36
 
 
 # The options each protocol sets (the other EnvConfig fields are the same under both).
@@ -120,6 +127,9 @@ def validate(cfg: EnvConfig, flag_of=lambda name: name) -> None:
     for name in ("num_envs", "max_episode_steps", "frame_skip", "stack_num"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{flag_of(name)} must be positive, got {getattr(cfg, name)}")
+    if cfg.frame_size < MIN_FRAME_SIZE:
+        raise ValueError(f"{flag_of('frame_size')} must be at least {MIN_FRAME_SIZE} (the smallest frame the "
+                         f"conv torsos take), got {cfg.frame_size}")
     for name in ("batch_size", "num_threads", "noop_max"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{flag_of(name)} must be >= 0, got {getattr(cfg, name)}")
@@ -137,7 +147,7 @@ def validate(cfg: EnvConfig, flag_of=lambda name: name) -> None:
 class EnvStep(NamedTuple):
     """What one (batched) step hands downstream; rows are aligned with ``env_ids``."""
 
-    obs: np.ndarray  # (B, *obs_shape): uint8 (B, 4, 84, 84) for Atari
+    obs: np.ndarray  # (B, *obs_shape): uint8 (B, 4, 84, 84) for Atari (frame_size 84)
     reward: np.ndarray  # (B,) float32: the training reward (clipped if reward_clip)
     terminated: np.ndarray  # (B,) bool: training terminal (life loss counts with episodic life)
     truncated: np.ndarray  # (B,) bool: time limit reached
@@ -213,6 +223,8 @@ class VecEnv:
                 max_episode_steps=cfg.max_episode_steps,
                 frame_skip=cfg.frame_skip,
                 stack_num=cfg.stack_num,
+                img_height=cfg.frame_size,
+                img_width=cfg.frame_size,
             )
         if render:
             kwargs["render_mode"] = "rgb_array"

@@ -34,7 +34,7 @@ CASES = [
     (["plot", "RUN", "--out", "FILE/curve.png"], "--out FILE/curve.png: FILE is a file"),
     (["eval", "RUN", "--gif", "FILE/game.gif"], "--gif FILE/game.gif: FILE is a file"),
     (["eval", "RUN", "--episodes", "0"], "--episodes must be at least 1"),
-    (["eval", "RUN", "--gif", "TMP/game.gif"], "--gif shows the agent's 84x84 Atari frames; CartPole-v1 has none"),
+    (["eval", "RUN", "--gif", "TMP/game.gif"], "--gif shows the agent's grey Atari frames; CartPole-v1 has none"),
     (["eval", "TMP/corrupt.pt"], "cannot read checkpoint TMP/corrupt.pt (truncated, corrupt"),
 ]
 

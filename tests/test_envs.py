@@ -175,6 +175,7 @@ def test_unknown_game_suggests_close_names():
         (dict(num_envs=-3), "num_envs"),
         (dict(batch_size=-1), "batch_size"),
         (dict(max_episode_steps=0), "max_episode_steps"),
+        (dict(frame_size=20), "frame_size"),
         (dict(repeat_action_probability=1.5), "repeat_action_probability"),
     ],
 )
@@ -189,3 +190,15 @@ def test_evaluation_settings_play_the_training_game_with_real_rewards():
     assert cfg.episodic_life and cfg.use_fire_reset and not cfg.reward_clip and cfg.noop_max == 30
     assert cfg.repeat_action_probability == 0.0 and cfg.max_episode_steps == 27000
     assert not env.is_async
+
+
+def test_frame_size_resizes_the_same_screen():
+    """--frame-size 42 plays the same game as 84: each 42x42 frame is the 84x84 frame at half
+    the resolution (EnvPool resizes the 210x160 screen to each size; 2x2 means as reference)."""
+    frames = {}
+    for size in (84, 42):
+        steps = list(run_random(EnvConfig(num_envs=2, num_threads=1, frame_size=size), 40))
+        frames[size] = np.stack([step.obs for step, _ in steps]).astype(np.float64)
+    assert frames[42].shape == (41, 2, 4, 42, 42)
+    pooled = frames[84].reshape(41, 2, 4, 42, 2, 42, 2).mean(axis=(4, 6))
+    assert np.abs(pooled - frames[42]).max() <= 1.0  # rounding to whole grey levels

@@ -40,6 +40,15 @@ def test_nips_torso_is_the_2013_network():
         make_q_network((4, 84, 84), 6, torso="resnet")
 
 
+@pytest.mark.parametrize("torso, features", [("nips", 32 * 3 * 3), ("nature", 64 * 1 * 1)])
+def test_smallest_frames_the_torsos_take(torso, features):
+    # 42 -> 9 -> 3 (-> 1): the conv arithmetic of a --frame-size 42 run; 36 is the Nature torso's floor
+    net = make_q_network((4, 42, 42), 4, torso=torso)
+    assert net.head.q[0].in_features == features
+    assert net(torch.randint(0, 256, (2, 4, 42, 42), dtype=torch.uint8)).shape == (2, 4)
+    assert make_q_network((4, 36, 36), 4)(torch.zeros(1, 4, 36, 36, dtype=torch.uint8)).shape == (1, 4)
+
+
 def test_nature_cnn_scales_uint8_frames_by_255():
     net = make_q_network((4, 84, 84), 4)
     x = _frames()

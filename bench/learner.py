@@ -53,9 +53,9 @@ GPU_MODES = CPU_MODES + ("fp32-graph", "bf16-graph")
 NUM_ACTIONS = 6
 
 
-def random_batches(n: int, batch_size: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def random_batches(n: int, batch_size: int, seed: int = 0, frame_size: int = 84) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed)
-    frames = (batch_size, 4, 84, 84)
+    frames = (batch_size, 4, frame_size, frame_size)
     return [{
         "obs": rng.integers(0, 256, frames, dtype=np.uint8),
         "actions": rng.integers(0, NUM_ACTIONS, batch_size),
@@ -94,28 +94,34 @@ def _step(learner, batches, mode: str) -> int:
     return 1
 
 
-def _without_foreign_baselines(modes, torso: str) -> list[str]:
-    """The modes that time ``torso``: the baselines are written for the Nature CNN only."""
-    return [m for m in modes if torso == "nature" or m not in BASELINES]
+def _baselines_fit(torso: str, frame_size: int) -> bool:
+    """The plain/cleanrl baselines are written for the Nature CNN on 84x84 frames only."""
+    return torso == "nature" and frame_size == 84
+
+
+def _without_foreign_baselines(modes, torso: str, frame_size: int = 84) -> list[str]:
+    """The modes that time ``torso`` on ``frame_size`` frames (see _baselines_fit)."""
+    return [m for m in modes if _baselines_fit(torso, frame_size) or m not in BASELINES]
 
 
 def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool = True,
         device: str | None = None, threads: int | None = None, rounds: int = 3,
-        updates_per_graph: int = 4, torso: str = "nature", hidden: int = 512) -> dict:
+        updates_per_graph: int = 4, torso: str = "nature", hidden: int = 512, frame_size: int = 84) -> dict:
     """Time each mode at each batch size; returns a JSON-ready dict (see main).
 
-    ``torso``/``hidden``: fastdqn's network (networks.TORSOS). The plain and cleanrl
-    baselines are the Nature CNN only, so another torso times the Learner's modes alone.
+    ``torso``/``hidden``: fastdqn's network (networks.TORSOS); ``frame_size``: its square input
+    (``--frame-size`` of training). The plain and cleanrl baselines are the Nature CNN on 84x84
+    only, so another torso or frame size times the Learner's modes alone.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if threads:
         torch.set_num_threads(threads)
     if modes is None:
-        modes = _without_foreign_baselines(GPU_MODES if device.type == "cuda" else CPU_MODES, torso)
+        modes = _without_foreign_baselines(GPU_MODES if device.type == "cuda" else CPU_MODES, torso, frame_size)
     modes = list(modes)
-    if torso != "nature" and set(modes) & set(BASELINES):
-        raise ValueError(f"the {'/'.join(BASELINES)} baselines are the Nature CNN; with torso {torso!r} "
-                         "time fastdqn's modes only (e.g. fp32-eager)")
+    if not _baselines_fit(torso, frame_size) and set(modes) & set(BASELINES):
+        raise ValueError(f"the {'/'.join(BASELINES)} baselines are the Nature CNN on 84x84 frames; with torso "
+                         f"{torso!r} on {frame_size}x{frame_size} time fastdqn's modes only (e.g. fp32-eager)")
     base_mode = "plain" if "plain" in modes else "fp32-eager"
     if base_mode not in modes:
         modes.insert(0, base_mode)  # the baseline of every ratio
@@ -127,8 +133,8 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
     results = []
     for batch_size in batch_sizes:
         torch.manual_seed(0)
-        net = make_q_network((4, 84, 84), NUM_ACTIONS, dueling=True, hidden=hidden, torso=torso)
-        batches = random_batches(updates_per_graph, batch_size)
+        net = make_q_network((4, frame_size, frame_size), NUM_ACTIONS, dueling=True, hidden=hidden, torso=torso)
+        batches = random_batches(updates_per_graph, batch_size, frame_size=frame_size)
         learners, warmup = {}, {}
         for mode in modes:
             t0 = time.perf_counter()
@@ -174,7 +180,8 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
         "machine": machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "network": f"dueling Q-network (torso {torso}, fc {hidden}) (4,84,84) uint8, 6 actions; Adam, Huber, double Q",
+        "network": f"dueling Q-network (torso {torso}, fc {hidden}) (4,{frame_size},{frame_size}) uint8, 6 actions; "
+                   "Adam, Huber, double Q",
         "parameters": sum(p.numel() for p in net.parameters()),
         "ratio_to": base_mode,
         "auto_precision": "{} ({})".format(*resolve_precision("auto", device)[:2]),
@@ -303,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--torso", default="nature", choices=sorted(TORSOS),
                         help="fastdqn's conv torso; the plain/cleanrl baselines exist for nature only")
     parser.add_argument("--hidden", type=int, default=512, help="fc width per dueling stream")
+    parser.add_argument("--frame-size", type=int, default=84,
+                        help="square frames of this many pixels (training's --frame-size); baselines need 84")
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing: torch.profiler's top ops and the page faults per update "
                              "of each mode (default modes plain,fp32-eager) at the first batch size; "
@@ -332,10 +341,11 @@ def main(argv: list[str] | None = None) -> dict:
     kwargs = dict(batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
                   modes=args.modes.split(",") if args.modes else None, seconds=args.seconds,
                   device=args.device, threads=args.threads, rounds=args.rounds,
-                  updates_per_graph=args.updates_per_graph, torso=args.torso, hidden=args.hidden)
+                  updates_per_graph=args.updates_per_graph, torso=args.torso, hidden=args.hidden,
+                  frame_size=args.frame_size)
     if args.quick:
         quick_modes = ["plain", "cleanrl", "fp32-eager", "bf16-eager"]
-        kwargs.update(batch_sizes=(4,), seconds=0.2, rounds=1, modes=_without_foreign_baselines(quick_modes, args.torso))
+        kwargs.update(batch_sizes=(4,), seconds=0.2, rounds=1, modes=_without_foreign_baselines(quick_modes, args.torso, args.frame_size))
     try:
         report = run(**kwargs)
     except ValueError as e:

@@ -474,6 +474,16 @@ def test_learner_bench_times_the_network_it_is_given():
         bench.main(["--device", "cpu", "--torso", "nips", "--modes", "plain,fp32-eager"])
 
 
+def test_learner_bench_times_the_frame_size_it_is_given():
+    from bench import learner as bench
+
+    report = bench.main(["--quick", "--device", "cpu", "--torso", "nips", "--hidden", "256", "--frame-size", "42"])
+    small = make_q_network((4, 42, 42), 6, dueling=True, hidden=256, torso="nips")
+    assert report["parameters"] == sum(p.numel() for p in small.parameters()) and "(4,42,42)" in report["network"]
+    with pytest.raises(SystemExit):  # the baselines are written for 84x84 frames
+        bench.main(["--device", "cpu", "--frame-size", "42", "--modes", "plain,fp32-eager"])
+
+
 def test_learner_bench_profiles_and_reorders_the_network_it_is_given(capsys):
     from bench import learner as bench
 

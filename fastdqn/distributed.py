@@ -28,7 +28,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 from typing import NamedTuple
 
@@ -43,6 +45,23 @@ GIVE_UP_SECONDS = 300.0  # an actor down this long without a chunk is given up
 
 def require_ray():
     return require("ray", "ray", "--actors")
+
+
+def init_ray(**kwargs) -> None:
+    """``ray.init``, keeping this process's Ctrl-C and SIGTERM handlers: Ray installs its own for
+    SIGTERM (exit at once), which would take the run's stop handling away (interrupts.py): a
+    SIGTERM (a cluster's preemption, docker stop) would end the run without its final checkpoint."""
+    import ray
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    main = threading.current_thread() is threading.main_thread()  # (only there are handlers set)
+    handlers = {s: signal.getsignal(s) for s in signals} if main else {}
+    try:
+        ray.init(**kwargs)
+    finally:
+        for s, handler in handlers.items():
+            if handler is not None:  # (None: a handler not installed from Python; left as Ray set it)
+                signal.signal(s, handler)
 
 
 def epsilon_ladder(eps: float, alpha: float, num_envs: int) -> np.ndarray:
@@ -180,7 +199,7 @@ class RaySource:
         self.say = say or (lambda line: print(line, file=sys.stderr))
         self.own_ray = not ray.is_initialized()
         if self.own_ray:
-            ray.init(address=cfg.ray_address or None, include_dashboard=False, logging_level="warning")
+            init_ray(address=cfg.ray_address or None, include_dashboard=False, logging_level="warning")
         cpus = ray.cluster_resources().get("CPU", 0)
         if cfg.actors * cfg.actor_cpus > cpus:
             self.close()

@@ -526,14 +526,14 @@ class Learner:
         self.q_network.load_state_dict(state["q_network"])
         self.target_network.load_state_dict(state["target_network"])
         self._refresh_target_bf16()
-        impl = {key: self.optimizer.param_groups[0].get(key)
-                for key in ("capturable", "fused", "foreach")}
-        lr_is_tensor = isinstance(self.optimizer.param_groups[0]["lr"], torch.Tensor)
+        # The checkpoint gives the optimizer's state (moments, step counts); its settings stay this
+        # learner's: lr and eps as built (a resume's --lr / --adam-eps), its kernels, an lr tensor.
+        settings = [{key: value for key, value in group.items() if key != "params"}
+                    for group in self.optimizer.param_groups]
+        impl = {key: settings[0].get(key) for key in ("capturable", "fused", "foreach")}
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:
-            group.update(impl)  # this learner's kernels, whatever the checkpoint used
-            if lr_is_tensor:
-                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+        for group, own in zip(self.optimizer.param_groups, settings):
+            group.update(own)
             for p in group["params"]:
                 st = self.optimizer.state.get(p, {})
                 if "step" in st:

@@ -2,6 +2,7 @@
 checkpoint, resumed runs obey their flags, divergence and full disks end with the last good
 checkpoint named, and a flag that cannot be honoured is refused by name before any work."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,6 +13,8 @@ import time
 import pytest
 
 from fastdqn import checkpoint
+from fastdqn.config import make_config
+from fastdqn.train import train
 
 
 def wait_for(predicate, seconds: float, proc=None):
@@ -56,3 +59,22 @@ def test_sigterm_to_a_ray_run_ends_it_with_the_final_checkpoint_at_the_stop_step
     state = checkpoint.load(run_dir / "checkpoint.pt")
     assert state["counters"]["agent_steps"] == summary["agent_steps"] >= first
     assert checkpoint.load_replay(run_dir / "checkpoint.pt", state)[0] is not None
+
+
+# --------------------------------------------------------------------------- 3. resume obeys --lr / --adam-eps
+
+def cartpole(run_dir, **changes):
+    options = dict(run_dir=str(run_dir), total_steps=600, learning_starts=300, checkpoint_interval=0,
+                   eval_interval=0, final_eval=False, eval_episodes=2, eval_max_steps=100, torch_threads=1)
+    return make_config("cartpole", **{**options, **changes})
+
+
+def test_a_resume_with_a_new_lr_and_adam_eps_trains_with_them(tmp_path, capsys):
+    cfg = cartpole(tmp_path / "run")
+    train(cfg, progress=False)
+    group = checkpoint.load(tmp_path / "run" / "checkpoint.pt")["learner"]["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["eps"]) == (cfg.lr, cfg.adam_eps)
+    train(dataclasses.replace(cfg, resume=True, total_steps=700, lr=1e-3, adam_eps=1e-6), progress=False)
+    assert "lr 0.001" in capsys.readouterr().err  # what the resume line says is what the optimizer uses
+    group = checkpoint.load(tmp_path / "run" / "checkpoint.pt")["learner"]["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["eps"]) == (1e-3, 1e-6)

@@ -45,6 +45,7 @@ from fastdqn.networks import make_q_network
 from fastdqn.paths import require_writable
 from fastdqn.progress import Progress
 from fastdqn.replay import PrioritizedReplay, ReplaySample
+from fastdqn.replay.buffer import NonFiniteTDError
 from fastdqn.runlog import RunLog
 from fastdqn.tracking import require_wandb
 from fastdqn.video import GameRecorder, real_time_fps, require_encoder
@@ -399,6 +400,10 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
     learning_since = None
     updates_at_start = counters["updates"]
 
+    def diverged(what: str) -> TrainingDiverged:
+        return TrainingDiverged(f"{what} at step {counters['agent_steps']:,}; the last good checkpoint is "
+                                f"{ckpt_path if ckpt_path.exists() else 'not written yet'} (try a lower --lr)")
+
     def learn_ahead() -> bool:
         """While waiting for data: one group of updates ahead of the credit, if the band allows."""
         group = update_group(learner)
@@ -467,9 +472,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
                 if interval["n"]:
                     loss = interval["loss"].item() / interval["n"]
                     if not math.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"the loss became {loss} at step {agent_steps:,}; the last good checkpoint is "
-                            f"{ckpt_path if ckpt_path.exists() else 'not written yet'} (try a lower --lr)")
+                        raise diverged(f"the loss became {loss}")
                     values.update({"losses/td_loss": loss, "losses/q_values": interval["q"].item() / interval["n"],
                                    "losses/td_abs": interval["td"].item() / interval["n"]})
                 log.scalars(agent_steps, values)
@@ -493,6 +496,8 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
                 break
             if stop:
                 break
+    except NonFiniteTDError as exc:  # (a NaN reaches the priorities before the loss is logged)
+        raise diverged(str(exc)) from None
     finally:
         source.close()
     show_progress()

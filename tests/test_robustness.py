@@ -10,11 +10,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from fastdqn import checkpoint
+from fastdqn import train as train_mod
+from fastdqn.cli import main
 from fastdqn.config import make_config
-from fastdqn.train import train
+from fastdqn.replay import PrioritizedReplay
+from fastdqn.train import TrainingDiverged, train
 
 
 def wait_for(predicate, seconds: float, proc=None):
@@ -78,3 +82,50 @@ def test_a_resume_with_a_new_lr_and_adam_eps_trains_with_them(tmp_path, capsys):
     assert "lr 0.001" in capsys.readouterr().err  # what the resume line says is what the optimizer uses
     group = checkpoint.load(tmp_path / "run" / "checkpoint.pt")["learner"]["optimizer"]["param_groups"][0]
     assert (group["lr"], group["eps"]) == (1e-3, 1e-6)
+
+
+# --------------------------------------------------------------------------- 4. divergence is the divergence error
+
+@pytest.fixture
+def poisoned_td(monkeypatch):
+    """While ``poison["on"]``, every TD error handed to the replay after the first ``poison["after"]`` is
+    NaN (a learner that diverged)."""
+    poison = {"on": True, "after": 0, "calls": 0}
+    real = PrioritizedReplay.update_priorities
+
+    def update_priorities(self, indices, td_abs):
+        poison["calls"] += 1
+        bad = poison["on"] and poison["calls"] > poison["after"]
+        return real(self, indices, np.asarray(td_abs) * np.nan if bad else td_abs)
+
+    monkeypatch.setattr(PrioritizedReplay, "update_priorities", update_priorities)
+    return poison
+
+
+def test_a_nan_td_error_raises_the_divergence_error_naming_the_last_checkpoint(tmp_path, poisoned_td):
+    poisoned_td["after"] = 20  # after the checkpoint written when learning starts
+    with pytest.raises(TrainingDiverged, match=r"the TD error became nan at step [\d,]+; the last good checkpoint "
+                                               r"is .*checkpoint.pt \(try a lower --lr\)"):
+        train(cartpole(tmp_path / "run", checkpoint_interval=0), progress=False)
+
+
+def test_a_suite_goes_on_past_a_game_whose_learner_diverged_and_reports(tmp_path, poisoned_td, monkeypatch, capsys):
+    from tests.test_suite import TINY
+
+    real_train = train_mod.train
+    games = []
+
+    def train_first_diverges(cfg, progress=True):
+        games.append(cfg.env.env_id)
+        poisoned_td["on"] = len(games) == 1
+        return real_train(cfg, progress)
+
+    monkeypatch.setattr(train_mod, "train", train_first_diverges)
+    out = tmp_path / "suite"
+    assert main(["suite", "--steps", "600", "--out", str(out), *TINY]) == 3
+    said = capsys.readouterr().out
+    assert "[1/2] Pong: diverged: the TD error became nan" in said and "[2/2] Breakout: done" in said
+    report = json.loads((out / "suite.json").read_text())
+    rows = {row["game"]: row for row in report["games"]}
+    assert rows["Pong"]["stop_reason"] == "diverged" and rows["Pong"]["score"] is None
+    assert rows["Breakout"]["score"] is not None and report["games_with_hns"] == 1

@@ -19,6 +19,10 @@ import psutil
 from . import ring, segment_tree
 
 
+class NonFiniteTDError(ValueError):
+    """update_priorities was given a NaN or infinite TD error: the learner diverged."""
+
+
 class ReplaySample(NamedTuple):
     """One sampled batch. All arrays are owned by the buffer and overwritten by the next
     ``sample()`` call with the same batch size: copy (or move to the device) before that.
@@ -628,7 +632,8 @@ class PrioritizedReplay:
         if top == -1.0:
             raise IndexError(f"indices out of range [0, {self._flags.shape[0]})")
         if top == -2.0:
-            raise ValueError("td_abs contains NaN or inf")
+            bad = td_abs[~np.isfinite(td_abs)]
+            raise NonFiniteTDError(f"the TD error became {bad[0] if len(bad) else 'NaN or inf'}")
         segment_tree.update(self._sum, self._min, indices, self._td_priorities, indices.shape[0])
         if top > self.max_priority:
             self.max_priority = top

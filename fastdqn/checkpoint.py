@@ -9,7 +9,10 @@ with ``weights_only=True``. Saving never leaves a moment without a complete chec
     3. ``<name>.tmp`` is renamed over ``<name>`` (atomic), and the directory is fsynced.
 
 The replay, when saved, is a second file ``<stem>.replay-<stamp>.npz`` (NumPy arrays only,
-loaded with ``allow_pickle=False``), written and fsynced BEFORE the checkpoint that names it.
+loaded with ``allow_pickle=False``), written and fsynced BEFORE the checkpoint that names it, and
+AFTER the same checkpoint without it: the weights, counters and optimizer are on disk before the
+long replay write starts (7 GB for a 1M Atari replay), so a full disk (or a kill) during it loses
+the replay only; ``save`` then leaves the checkpoint without a replay and says why.
 The checkpoint records the replay's file name and stamp (agent step + random id), and the
 replay file holds the same stamp: a replay from another step is refused, never paired with
 these weights. Replay files that the current checkpoint does not name are deleted once it is
@@ -78,11 +81,17 @@ def _keep_as_previous(path: Path) -> None:
     os.replace(link, prev)
 
 
-def save(path: str | Path, payload: dict, replay_state: dict | None = None) -> None:
-    """Write ``payload`` (and, if given, the replay's ``state_dict()``) as one consistent snapshot."""
+def save(path: str | Path, payload: dict, replay_state: dict | None = None) -> str | None:
+    """Write ``payload`` (and, if given, the replay's ``state_dict()``) as one consistent snapshot.
+
+    Returns None, or why the replay could not be written (a full disk): the checkpoint is then in
+    place without it. CheckpointError when the checkpoint itself cannot be written (the last
+    complete one stays)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, **payload, "replay": None}
+    _put_in_place(path, payload, keep_previous=True)  # the weights first
+    problem = keep = None
     if replay_state is not None:
         steps = int(payload.get("counters", {}).get("agent_steps", 0))
         stamp = f"{steps}-{uuid.uuid4().hex[:12]}"
@@ -91,23 +100,36 @@ def save(path: str | Path, payload: dict, replay_state: dict | None = None) -> N
         try:
             _write_durably(rtmp, lambda f: np.savez(f, replay_stamp=np.asarray(stamp), **replay_state))
             os.replace(rtmp, rpath)
+        except OSError as exc:
+            problem = f"the replay could not be written to {rpath.parent} ({exc.strerror or exc})"
         finally:
             if rtmp.exists():
                 os.unlink(rtmp)
-        payload["replay"] = {"file": rpath.name, "stamp": stamp}
+        if problem is None:  # the same checkpoint, now naming its replay (.prev stays the one before)
+            _put_in_place(path, {**payload, "replay": {"file": rpath.name, "stamp": stamp}}, keep_previous=False)
+            keep = rpath.name
+    for stale in path.parent.glob(f"{path.stem}.replay-*"):  # older replays, and any a crash left half-written
+        if stale.name != keep:
+            os.unlink(stale)
+    return problem
+
+
+def _put_in_place(path: Path, payload: dict, keep_previous: bool) -> None:
+    """Write ``payload`` to ``path`` atomically (tmp, fsync, rename), the current file kept as ``.prev``."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        _write_durably(tmp, lambda f: torch.save(payload, f))
-        _keep_as_previous(path)
+        try:
+            _write_durably(tmp, lambda f: torch.save(payload, f))
+        except OSError as exc:
+            raise CheckpointError(f"cannot write checkpoint {path} ({exc.strerror or exc}); the last complete "
+                                  "checkpoint is intact") from None
+        if keep_previous:
+            _keep_as_previous(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             os.unlink(tmp)
     _fsync_dir(path.parent)
-    keep = payload["replay"]["file"] if payload["replay"] else None
-    for stale in path.parent.glob(f"{path.stem}.replay-*"):  # older replays, and any a crash left half-written
-        if stale.name != keep:
-            os.unlink(stale)
 
 
 def load(path: str | Path) -> dict:

@@ -342,7 +342,10 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
         with_replay = (cfg.save_replay == "always" or (cfg.save_replay == "auto" and (
             final or replay.nbytes <= REPLAY_IN_PERIODIC_GB * 1e9)))
         payload = checkpoint_payload(cfg, learner, replay, rng, {**counters, "wall_seconds": wall()}, env)
-        checkpoint.save(ckpt_path, payload, replay.state_dict() if with_replay else None)
+        problem = checkpoint.save(ckpt_path, payload, replay.state_dict() if with_replay else None)
+        if problem:  # a full disk, say: the weights are saved, the replay is not
+            bar.write(f"warning: {problem}; the checkpoint at step {counters['agent_steps']:,} holds everything "
+                      "else (a resume from it refills the replay)")
 
     def progress_fields() -> dict:
         steps, seconds = counters["agent_steps"], wall()

@@ -3,6 +3,7 @@ checkpoint, resumed runs obey their flags, divergence and full disks end with th
 checkpoint named, and a flag that cannot be honoured is refused by name before any work."""
 
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -129,3 +130,27 @@ def test_a_suite_goes_on_past_a_game_whose_learner_diverged_and_reports(tmp_path
     rows = {row["game"]: row for row in report["games"]}
     assert rows["Pong"]["stop_reason"] == "diverged" and rows["Pong"]["score"] is None
     assert rows["Breakout"]["score"] is not None and report["games_with_hns"] == 1
+
+
+# --------------------------------------------------------------------------- 5. a full disk
+
+def test_a_full_disk_at_the_replay_write_keeps_the_final_checkpoint(tmp_path, monkeypatch, capsys):
+    """ENOSPC while the final replay is written: the weights, counters and optimizer of the last step
+    are on disk before that write starts; the run ends normally, saying the replay was not saved."""
+    run_dir = tmp_path / "run"
+    on_disk_before = []
+
+    def full_disk(file, **arrays):
+        on_disk_before.append(checkpoint.load(run_dir / "checkpoint.pt")["counters"]["agent_steps"])
+        file.write(b"\0" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.np, "savez", full_disk)
+    summary = train(cartpole(run_dir), progress=False)
+    assert summary["stop_reason"] == "total_steps reached"
+    state = checkpoint.load(run_dir / "checkpoint.pt")
+    assert state["counters"]["agent_steps"] == summary["agent_steps"] == on_disk_before[-1]
+    assert checkpoint.load_replay(run_dir / "checkpoint.pt", state) == (None, "this checkpoint was saved without "
+                                                                               "the replay")
+    assert "warning: the replay could not be written" in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.glob("checkpoint*")) == ["checkpoint.pt", "checkpoint.pt.prev"]

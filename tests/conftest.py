@@ -45,6 +45,45 @@ def pytest_make_collect_report(collector):
     _fail_cuda_skip(collector.config, outcome.get_result())
 
 
+# A test that skips where there is no GPU is a CUDA test, marked `cuda` or not
+# (tests/test_native.py's kernel tests carry only their skipif).
+NEEDS_GPU_REASON = re.compile(r"cuda|gpu", re.IGNORECASE)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("cuda") is None and any(
+                NEEDS_GPU_REASON.search(str(mark.kwargs.get("reason", ""))) for mark in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.cuda)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_cuda(request, monkeypatch):
+    """Every test not marked `cuda` runs as on a machine without a GPU, so that the suite
+    gives the same answers on a GPU machine: `--device auto` (and bench's defaults) resolve
+    to the CPU instead of moving a run to CUDA and comparing it with CPU learners.
+
+    Two switches, as neither covers both cases: torch.cuda.is_available() patched to False
+    reaches every check in this process (fastdqn.train.resolve_device, bench, native,
+    hardware.machine) even after CUDA was initialised by an earlier test, when
+    CUDA_VISIBLE_DEVICES no longer has any effect here; CUDA_VISIBLE_DEVICES="" reaches the
+    processes a test starts (the CLI, benches), which do not inherit the patch. A test may
+    still patch is_available itself (tests/test_gpu_check.py fakes a GPU).
+
+    Every test, marked or not, starts with deterministic cuDNN and without its benchmark
+    mode (tests compare results bit for bit; the learner turns benchmark mode on for speed
+    on CUDA), and the flags are put back afterwards so that one test's choice does not
+    leak into the next."""
+    cudnn = torch.backends.cudnn
+    flags = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    if request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    yield
+    cudnn.deterministic, cudnn.benchmark = flags
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Two intra-op threads on a 2-core machine shared with other jobs can run 20x slower

@@ -225,7 +225,8 @@ def outcomes(tmp_path, *args, env=None):
     import xml.etree.ElementTree as ET
 
     junit = tmp_path / "junit.xml"
-    environ = {k: v for k, v in os.environ.items() if k != "FASTDQN_REQUIRE_CUDA"}
+    # (CUDA_VISIBLE_DEVICES="" is what conftest.py gives this very test)
+    environ = {k: v for k, v in os.environ.items() if k not in ("FASTDQN_REQUIRE_CUDA", "CUDA_VISIBLE_DEVICES")}
     proc = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *args],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**environ, **(env or {})})
     result = {}
@@ -252,3 +253,52 @@ def test_require_cuda_turns_every_cuda_skip_into_a_failure(tmp_path):
     for args, env in (((), {"FASTDQN_REQUIRE_CUDA": "1"}), (("--require-cuda",), None)):
         code, result = outcomes(tmp_path, *args, env=env)
         assert code == 1 and result == required
+
+
+# ------------------------------- the CPU unless marked `cuda` fixture (tests/conftest.py)
+
+ON_A_GPU_MACHINE = '''
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+torch.backends.cudnn.benchmark = True  # as a learner on CUDA leaves it
+
+
+def test_unmarked_tests_run_as_without_a_gpu():
+    from fastdqn.train import resolve_device
+
+    assert not torch.cuda.is_available() and resolve_device("auto").type == "cpu"
+    child = subprocess.run([sys.executable, "-c", "import os; print(repr(os.environ.get('CUDA_VISIBLE_DEVICES')))"],
+                           capture_output=True, text=True)
+    assert child.stdout.strip() == "''"  # processes it starts see no GPU either
+
+
+def test_every_test_starts_with_deterministic_cudnn():
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+
+
+@pytest.mark.cuda
+def test_marked_cuda_sees_the_gpu():
+    assert torch.cuda.is_available() and "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+@pytest.mark.skipif(False, reason="needs a CUDA GPU")
+def test_a_test_that_skips_without_a_gpu_is_a_cuda_test():
+    assert torch.cuda.is_available()
+'''
+
+
+def test_on_a_gpu_machine_only_cuda_tests_see_the_gpu(tmp_path):
+    fake_gpu = "import torch\n\ntorch.cuda.is_available = lambda: True  # a GPU machine, faked\n\n"
+    (tmp_path / "conftest.py").write_text(fake_gpu + (ROOT / "tests" / "conftest.py").read_text())
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    cuda: needs a CUDA GPU\n")
+    (tmp_path / "test_gpu_machine.py").write_text(ON_A_GPU_MACHINE)
+    code, result = outcomes(tmp_path)
+    assert result == dict.fromkeys(("test_unmarked_tests_run_as_without_a_gpu",
+                                    "test_every_test_starts_with_deterministic_cudnn", "test_marked_cuda_sees_the_gpu",
+                                    "test_a_test_that_skips_without_a_gpu_is_a_cuda_test"), "passed")
+    assert code == 0

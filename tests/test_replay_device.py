@@ -85,7 +85,8 @@ def assert_same_sample(host, dev, device):
         np.testing.assert_array_equal(as_bytes(b), as_bytes(a), err_msg=name)  # bit for bit
     for name in ("obs", "next_obs"):
         a, b = getattr(host, name), getattr(dev, name)
-        assert isinstance(b, torch.Tensor) and b.device == torch.device(device), name
+        # by type: a CUDA tensor is on "cuda:0", and torch.device("cuda:0") != torch.device("cuda")
+        assert isinstance(b, torch.Tensor) and b.device.type == torch.device(device).type, name
         assert tuple(b.shape) == a.shape and b.dtype == torch.from_numpy(a[:0]).dtype, name
         np.testing.assert_array_equal(as_bytes(b), as_bytes(a), err_msg=name)
 

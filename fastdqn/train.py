@@ -321,7 +321,9 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
               file=sys.stderr)
     update_replay_window(cfg, replay, counters["agent_steps"])
 
-    log = RunLog(run_dir, cfg, resume_step=counters["agent_steps"] if state is not None else None)
+    # On resume, the first step this process logs: what the run logged at the checkpoint's own step
+    # (its evaluation, the final one of a finished run) was logged before the checkpoint, and stays.
+    log = RunLog(run_dir, cfg, resume_step=counters["agent_steps"] + 1 if state is not None else None)
     precision = learner.precision_choice  # what "auto" became here, and why
     print(f"{'warning: ' if precision.slow else ''}precision {precision.name}: {precision.reason}", file=sys.stderr)
     log.summary.update(precision_used=precision.name, precision_reason=precision.reason,
@@ -373,6 +375,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
             bar.write(f"evaluation at step {steps:,} dropped ({stop.name})")
             return None
         counters["best_eval"] = max(counters["best_eval"], result["mean_return"])
+        counters["next_eval"] = steps + cfg.eval_interval  # (after the final one too: a resume does not repeat it)
         log.scalars(steps, {"eval/mean_return": result["mean_return"], "eval/std_return": result["std_return"],
                             "eval/mean_length": result["mean_length"]})
         fields = progress_fields()
@@ -484,12 +487,10 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
 
             # (the last evaluation is the final one, below)
             if cfg.eval_interval and counters["next_eval"] <= agent_steps < cfg.total_steps and not stop:
-                score = run_evaluation()
-                if score is not None:  # a dropped evaluation runs again after a resume
-                    counters["next_eval"] = agent_steps + cfg.eval_interval
-                    if score >= cfg.target_score:
-                        stop_reason = f"target score {cfg.target_score} reached"
-                        break
+                score = run_evaluation()  # (one dropped by Ctrl-C / SIGTERM runs again after a resume)
+                if score is not None and score >= cfg.target_score:
+                    stop_reason = f"target score {cfg.target_score} reached"
+                    break
             # the first checkpoint when learning starts, then every checkpoint_interval
             if learning and agent_steps >= counters["next_ckpt"] and not stop:
                 counters["next_ckpt"] = agent_steps + cfg.checkpoint_interval if cfg.checkpoint_interval else math.inf

@@ -154,3 +154,18 @@ def test_a_full_disk_at_the_replay_write_keeps_the_final_checkpoint(tmp_path, mo
                                                                                "the replay")
     assert "warning: the replay could not be written" in capsys.readouterr().err
     assert sorted(p.name for p in run_dir.glob("checkpoint*")) == ["checkpoint.pt", "checkpoint.pt.prev"]
+
+
+# --------------------------------------------------------------------------- 7. resuming a finished run
+
+def test_resuming_a_finished_run_neither_repeats_nor_purges_its_final_evaluation(tmp_path):
+    from fastdqn.plot import read_scalars
+
+    run_dir = tmp_path / "run"
+    cfg = cartpole(run_dir, eval_interval=300, final_eval=True, eval_max_steps=30)
+    first = train(cfg, progress=False)
+    assert [e["agent_steps"] for e in first["evals"]] == [300, 600]
+    resumed = train(dataclasses.replace(cfg, resume=True, total_steps=900), progress=False)
+    assert [e["agent_steps"] for e in resumed["evals"]] == [300, 600, 900]
+    steps, _ = read_scalars(run_dir, ["eval/mean_return"])["eval/mean_return"]
+    assert steps.tolist() == [300, 600, 900]

@@ -302,3 +302,59 @@ def test_on_a_gpu_machine_only_cuda_tests_see_the_gpu(tmp_path):
                                     "test_every_test_starts_with_deterministic_cudnn", "test_marked_cuda_sees_the_gpu",
                                     "test_a_test_that_skips_without_a_gpu_is_a_cuda_test"), "passed")
     assert code == 0
+
+
+# ------------------------------------- the native kernels' build (fastdqn/replay/native.py)
+
+def test_the_cuda_kernels_are_built_for_the_present_gpu_only():
+    from fastdqn.replay.native import cuda_arch_flags
+
+    torch_archs = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
+    assert cuda_arch_flags((9, 0), torch_archs) == ["-gencode=arch=compute_90,code=sm_90"]
+    assert cuda_arch_flags((8, 9), torch_archs) == ["-gencode=arch=compute_89,code=sm_89"]
+    assert cuda_arch_flags((10, 0), torch_archs) == ["-gencode=arch=compute_100,code=sm_100"]
+    # newer than torch's newest: that one and its PTX, which the driver compiles for the GPU
+    assert cuda_arch_flags((12, 1), ["sm_80", "sm_90"]) == ["-gencode=arch=compute_90,code=sm_90",
+                                                            "-gencode=arch=compute_90,code=compute_90"]
+
+
+@pytest.fixture
+def fake_cuda_build(monkeypatch, tmp_path):
+    """native's CUDA build on a faked H100, cpp_extension.load recording what it was asked."""
+    from torch.utils import cpp_extension
+
+    from fastdqn.replay import native
+
+    calls = []
+    monkeypatch.setattr(native, "_modules", {})
+    monkeypatch.setattr(native, "_missing_tool", lambda cpp_extension: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_80", "sm_90"])
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: calls.append(kwargs) or "module")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    return native, calls, tmp_path / "fastdqn_gather_cuda" / "lock"
+
+
+def test_the_cuda_build_passes_the_gpus_architecture_as_flags(fake_cuda_build, monkeypatch):
+    native, calls, _ = fake_cuda_build
+    assert native.cuda_gather() == "module"
+    assert calls[-1]["extra_cuda_cflags"] == ["-O3", "-gencode=arch=compute_90,code=sm_90"]
+    monkeypatch.setattr(native, "_modules", {})
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0")  # the user's choice is left to torch
+    native.cuda_gather()
+    assert calls[-1]["extra_cuda_cflags"] == ["-O3"]
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_and_a_fresh_one_kept(fake_cuda_build, monkeypatch):
+    native, calls, lock = fake_cuda_build
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    assert native.remove_stale_lock(lock) is False and lock.exists()  # a build may be running
+    old = time.time() - native.STALE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    with pytest.warns(RuntimeWarning, match="left .* by a native kernel build that did not finish"):
+        assert native.cuda_gather() == "module"
+    assert not lock.exists() and len(calls) == 1
+    assert native.remove_stale_lock(lock) is False  # none there

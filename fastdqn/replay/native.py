@@ -6,7 +6,12 @@ cached under ``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); 
 processes only load it. A machine that cannot build it (no compiler, no ninja, a build
 error) gets None from ``cpu_gather()`` / ``cuda_gather()`` and one RuntimeWarning with the
 reason: callers then keep the Numba path. The CUDA extension is only tried when
-``torch.cuda.is_available()``.
+``torch.cuda.is_available()``, and is built for the present GPU's compute capability only
+(``cuda_arch_flags``; ``TORCH_CUDA_ARCH_LIST`` set by the user is left to torch).
+
+torch serialises builds with a ``lock`` file in the build folder and waits for it without
+end; a build killed midway (a timeout, Ctrl-C) leaves it behind. A lock older than
+``STALE_LOCK_S`` is therefore taken as left by a dead build and removed, with a warning.
 
 The gathers read the ring layout of ``ring.py`` (frames (N, F), back (N,) uint8, lanes of
 ``lane`` rows) and write into a caller-provided contiguous buffer:
@@ -26,6 +31,7 @@ from __future__ import annotations
 import os
 import shutil
 import sysconfig
+import time
 import warnings
 from pathlib import Path
 
@@ -36,6 +42,10 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 # An installed wheel ships the sources as fastdqn/csrc; a checkout has them in <repo>/csrc.
 _CSRC = next((d for d in (_PACKAGE / "csrc", _PACKAGE.parent / "csrc") if (d / "ring_index.h").is_file()),
              _PACKAGE.parent / "csrc")
+
+# No build of these one-file extensions takes this long (1-3 min on a GPU machine): a lock
+# this old was left by a build that was killed.
+STALE_LOCK_S = 600.0
 
 # kind ("cpu" / "cuda") -> loaded module, or None after a failed attempt (never retried).
 _modules: dict[str, object] = {}
@@ -74,12 +84,19 @@ def _load(kind: str, sources: list[str]):
 
         reason = _missing_tool(cpp_extension)
         if reason is None:
+            name = f"fastdqn_gather_{kind}"
+            remove_stale_lock(Path(cpp_extension._get_build_directory(name, False)) / "lock")
+            arch = []
+            if kind == "cuda" and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+                arch = cuda_arch_flags(torch.cuda.get_device_capability(), torch.cuda.get_arch_list())
             return cpp_extension.load(
-                name=f"fastdqn_gather_{kind}",
+                name=name,
                 sources=[str(_CSRC / s) for s in sources],
                 extra_include_paths=[str(_CSRC)],
                 extra_cflags=["-O3"],
-                extra_cuda_cflags=["-O3"],
+                # (flags, unlike TORCH_CUDA_ARCH_LIST, are part of what torch compares to decide
+                # whether a cached build still fits: another GPU gets its own build)
+                extra_cuda_cflags=["-O3", *arch],
             )
     except Exception as e:  # a build error, or a broken toolchain
         reason = _failure(e)
@@ -87,6 +104,36 @@ def _load(kind: str, sources: list[str]):
     warnings.warn(f"fastdqn: the native {kind} replay kernels could not be built ({reason}); "
                   "using the Numba path", RuntimeWarning, stacklevel=3)
     return None
+
+
+def cuda_arch_flags(capability: tuple[int, int], torch_archs: list[str]) -> list[str]:
+    """nvcc flags that build for one GPU: its compute capability, e.g. (9, 0) ->
+    ``-gencode=arch=compute_90,code=sm_90``, instead of torch's default of every visible
+    GPU's. A GPU newer than the newest ``sm_XY`` torch was built for (``torch_archs``, from
+    ``torch.cuda.get_arch_list()``; torch assumes nvcc matches its own CUDA) gets that
+    newest one, plus its PTX, which the driver compiles for the newer GPU (as torch does)."""
+    built = [(int(a[3:-1]), int(a[-1])) for a in torch_archs if a.startswith("sm_") and a[3:].isdigit()]
+    major, minor = capability
+    if built and (major, minor) > max(built):
+        major, minor = max(built)
+        return [f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}",
+                f"-gencode=arch=compute_{major}{minor},code=compute_{major}{minor}"]
+    return [f"-gencode=arch=compute_{major}{minor},code=sm_{major}{minor}"]
+
+
+def remove_stale_lock(lock: Path, older_than_s: float = STALE_LOCK_S) -> bool:
+    """Remove torch's build lock ``lock`` if it is older than ``older_than_s`` (a build
+    killed midway left it, and torch would wait on it for ever); returns whether it did."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return False
+    if age < older_than_s:
+        return False
+    lock.unlink(missing_ok=True)
+    warnings.warn(f"fastdqn: removed {lock}, left {age:.0f} s ago by a native kernel build that did not finish",
+                  RuntimeWarning, stacklevel=3)
+    return True
 
 
 def _failure(e: Exception) -> str:

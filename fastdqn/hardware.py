@@ -95,6 +95,16 @@ def cpu_has_fast_bf16(info: dict | None = None) -> tuple[bool, str]:
     return True, f"{info['model']} has {present[0]}"
 
 
+# --precision auto on a CUDA GPU with bf16, when the batch size is known: fp32 below this
+# batch, bf16 from it. A rule from counts, to be replaced by the GPU check's measurement
+# (bench/learner.py times fp32 and bf16 graphs at batch 32 and 256; bench/gpu_check.py says
+# whether the rule picked the faster): at batch 32 an update (3.5 GFLOP) is microseconds of
+# arithmetic and is bound by its kernel launches, and the bf16 graph launches 158 kernels
+# against fp32's 120 (the casts), ~40 more at 2-4 us each; bf16 halves the arithmetic, which
+# saves more than those launches cost only from about 4x that batch (14 GFLOP at batch 128).
+CUDA_BF16_MIN_BATCH = 128
+
+
 class Precision(NamedTuple):
     name: str  # fp32 | bf16
     reason: str  # one line: why this one
@@ -102,12 +112,14 @@ class Precision(NamedTuple):
 
 
 def resolve_precision(requested: str, device: torch.device, *, conv_net: bool = True,
-                      info: dict | None = None) -> Precision:
+                      info: dict | None = None, batch_size: int | None = None) -> Precision:
     """The precision to use for ``requested`` in auto | fp32 | bf16, and why.
 
     auto: bf16 on a CUDA GPU with native bf16 (compute capability >= 8.0) and on a CPU with
     bf16 instructions, for the CNN; fp32 everywhere else and for MLPs, whose layers are too
-    small for bf16 to save anything but whose casts would still cost.
+    small for bf16 to save anything but whose casts would still cost. On such a GPU, given
+    the update's ``batch_size``, fp32 below CUDA_BF16_MIN_BATCH (launch-bound updates, which
+    bf16's casts only lengthen); without it, bf16 as before.
     """
     if requested in ("fp32", "bf16"):
         if requested == "bf16" and device.type == "cpu":
@@ -123,8 +135,13 @@ def resolve_precision(requested: str, device: torch.device, *, conv_net: bool = 
     if device.type == "cuda":
         major, _ = torch.cuda.get_device_capability(device)
         name = torch.cuda.get_device_name(device)
+        if major >= 8 and batch_size is not None and batch_size < CUDA_BF16_MIN_BATCH:
+            return Precision("fp32", f"auto: {name} computes in bf16 (compute capability {major}.x), but at batch "
+                                     f"{batch_size} (< {CUDA_BF16_MIN_BATCH}) an update is bound by kernel launches, "
+                                     "which bf16's casts add to", False)
         if major >= 8:
-            return Precision("bf16", f"auto: {name} computes in bf16 (compute capability {major}.x)", False)
+            at = f", and batch {batch_size} >= {CUDA_BF16_MIN_BATCH}" if batch_size is not None else ""
+            return Precision("bf16", f"auto: {name} computes in bf16 (compute capability {major}.x{at})", False)
         return Precision("fp32", f"auto: {name} has no native bf16 (compute capability {major}.x < 8.0)", False)
     fast, why = cpu_has_fast_bf16(info)
     return Precision("bf16" if fast else "fp32", f"auto: {why}", False)

@@ -358,3 +358,23 @@ def test_a_lock_left_by_a_killed_build_is_removed_and_a_fresh_one_kept(fake_cuda
         assert native.cuda_gather() == "module"
     assert not lock.exists() and len(calls) == 1
     assert native.remove_stale_lock(lock) is False  # none there
+
+
+# ------------------------------------------- --precision auto on a GPU (fastdqn/hardware.py)
+
+def test_auto_precision_on_a_gpu_is_fp32_below_the_batch_where_bf16_pays(monkeypatch):
+    from fastdqn import hardware
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake H100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    small = hardware.resolve_precision("auto", cuda, batch_size=32)
+    assert small.name == "fp32" and "at batch 32 (< 128) an update is bound by kernel launches" in small.reason
+    assert hardware.resolve_precision("auto", cuda, batch_size=hardware.CUDA_BF16_MIN_BATCH - 1).name == "fp32"
+    large = hardware.resolve_precision("auto", cuda, batch_size=hardware.CUDA_BF16_MIN_BATCH)
+    assert large.name == "bf16" and "batch 128 >= 128" in large.reason
+    assert hardware.resolve_precision("auto", cuda).name == "bf16"  # no batch size given: as before
+    assert hardware.resolve_precision("bf16", cuda, batch_size=32) == ("bf16", "asked for", False)
+    assert hardware.resolve_precision("auto", cuda, conv_net=False, batch_size=256).name == "fp32"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert hardware.resolve_precision("auto", cuda, batch_size=256).name == "fp32"  # no native bf16

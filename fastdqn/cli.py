@@ -6,7 +6,8 @@
   fastdqn push RUN_DIR --repo-id USER/NAME share it on the Hugging Face Hub; fastdqn eval hf://USER/NAME
   fastdqn plot RUN_DIR [RUN_DIR ...]       learning-curve PNG from the runs' logs (several: overlaid)
   fastdqn suite --games atari5 --steps N   one run per game, human-normalised scores (median, IQM)
-  fastdqn presets | fastdqn envs           what the presets set; the games
+  fastdqn presets | fastdqn envs           what each preset is for, reaches and sets; the games
+  fastdqn results                          rebuild the results tables from the committed runs
   fastdqn bench all                        the frames-per-second tables
 """
 
@@ -99,16 +100,28 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
+    from fastdqn import results
     from fastdqn.config import PRESETS, preset_flags
 
+    runs = results.collect()
     for name in sorted(PRESETS):
         # a no-break space keeps each flag on one line with its value
         flags = " ".join(flag.replace(" ", "\xa0") for flag in preset_flags(name))
         print(f"{name}:")
         print(textwrap.fill(flags, width=100, initial_indent="  ", subsequent_indent="  ",
                             break_on_hyphens=False).replace("\xa0", " "))
-    print("\nfastdqn train --preset NAME [flags]: flags given on the command line win over the preset's")
+        for line in results.describe_preset(name, runs):
+            print(textwrap.fill(line, width=100, initial_indent="  ", subsequent_indent="    ",
+                                break_on_hyphens=False))
+    print("\nfastdqn train --preset NAME [flags]: flags given on the command line win over the preset's. "
+          "Every committed run: docs/results/README.md")
     return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    from fastdqn import results
+
+    return results.run(args)
 
 
 def _envs(args: argparse.Namespace) -> int:
@@ -204,7 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local-dir", type=Path, default=None,
                    help="write the folder that would be uploaded here, and upload nothing")
 
-    sub.add_parser("presets", help="each preset and the flags it sets")
+    sub.add_parser("presets", help="each preset: what it is for, its replay memory, what it is known to reach "
+                                   "and where, the flags it sets")
+    p = sub.add_parser("results", help="rebuild docs/results/README.md and README.md's Results and Performance "
+                                       "tables from the committed runs' summary.json and bench JSON files")
+    from fastdqn.results import add_arguments as results_arguments
+
+    results_arguments(p)
     sub.add_parser("envs", help="EnvPool's Atari and classic-control tasks")
 
     p = sub.add_parser("plot", help="learning-curve PNG from run directories (several: overlaid, one colour each)")
@@ -236,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    commands = {"train": _train, "eval": _eval, "push": _push, "presets": _presets, "envs": _envs, "plot": _plot,
+    commands = {"train": _train, "eval": _eval, "push": _push, "presets": _presets, "results": _results, "envs": _envs,
+                "plot": _plot,
                 "suite": _suite,
                 "bench": lambda a: _bench(a, rest, parser.bench_parser)}
     try:

@@ -199,6 +199,15 @@ PRESETS: dict[str, dict] = {
 PRESETS["breakout-cpu-nips"] = dict(PRESETS["breakout-cpu"], torso="nips", hidden=256, replay_ratio=4.0,
                                     batch_size=64, target_update_period=500, lr=5e-4)
 
+# What each preset is for, one line each (`fastdqn presets` prints it beside what committed runs reached).
+PRESET_PURPOSE = {
+    "cartpole": "a first run: CartPole-v1 with an MLP, solved (eval 500) in a few minutes on any CPU",
+    "breakout": "Breakout as the papers run it (10M agent steps, replay ratio 8, 64 envs): needs a GPU",
+    "breakout-cpu": "Breakout for an hour on a small CPU with the Nature CNN at replay ratio 2 (bf16 where the CPU has it)",
+    "breakout-cpu-nips": "Breakout for an hour on a small CPU, with or without bf16: the 2013 network at replay ratio 4, "
+                         "batch 64",
+}
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")

@@ -239,8 +239,17 @@ def read_run(folder: Path, results: Path = RESULTS) -> Run:
 
 def collect(results: Path = RESULTS) -> list[Run]:
     """Every run under ``results`` (a folder with a summary.json), newest first, then by folder."""
-    runs = [read_run(p.parent, results) for p in sorted(results.glob("**/summary.json"))]
+    runs = [read_run(p.parent, results) for p in sorted(results.glob("**/summary.json")) if _is_run(p)]
     return sorted(runs, key=lambda r: (r.env_id, r.date, r.folder), reverse=True)
+
+
+def _is_run(path: Path) -> bool:
+    """Whether a summary.json is a training run's (bench/gpu_check.py writes one of its own)."""
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError:
+        return False
+    return isinstance(summary, dict) and "env_id" in summary and "config" in summary
 
 
 def front_rows(runs: list[Run]) -> list[Run]:

@@ -40,6 +40,8 @@ def archive(tmp_path):
                _evals((5_000, 30.0, 120.0), (10_000, 60.0, 499.9), (15_000, 90.0, 500.0)),
                "date: 2026-11-20\ncpu: Intel(R) Xeon(R) Processor\ngeneration: Emerald Rapids\n",
                train_sps=250.0)
+    (root / "gpu-check").mkdir()  # bench/gpu_check.py's summary.json is not a run
+    (root / "gpu-check" / "summary.json").write_text(json.dumps({"steps": {"build": "pass"}}))
     readme = tmp_path / "README.md"
     readme.write_text("# front\n<!-- results:begin -->\nstale\n<!-- results:end -->\n"
                       "text\n<!-- performance:begin -->\n<!-- performance:end -->\n")

@@ -8,7 +8,11 @@ short `note.md` whose first lines are `key: value` pairs (until the first blank 
 
     date: 2026-12-03                  when it ran
     what: the preset's hour, seed 1   what it tried, in a few words
-    generation: Zen4                  the CPU generation, where summary.json has no cpu_id
+    cpu_id: family 25 model 1         or generation: Zen4, where summary.json predates cpu_id
+    caveat: ...                       why today's command would not repeat it (kept off README.md)
+
+(runs written before summary.json had a machine or protocol record name them with `cpu`, `cores`,
+`flags` and `protocol` lines).
 
 Each row of the archive: the game, the preset and the flags that differ from it today, the
 protocol, the machine (CPU model, generation, vector / bf16 flags, ISA caps), the precision, agent
@@ -50,14 +54,13 @@ class Run:
     caveat: str  # why today's command would not repeat it exactly ("" when it would)
     preset: str | None
     flags: list[str]  # flags beyond the preset that change what is trained
-    run_flags: list[str]  # seed, budget
+    run_flags: list[str]  # seed, budget, what is saved
     protocol: str
-    machine: str  # short: "AMD EPYC Zen4, AVX2 cap"
+    machine: str  # short: "AMD EPYC Zen4, capped to AVX2"
     machine_long: str  # model, generation, flags, caps
     precision: str
     sps: float | None  # agent steps/s while learning
     agent_steps: int
-    minutes: float
     first: float | None  # the first milestone: the human score (Atari), else the run's target score
     to_first: tuple[int, float] | None  # (agent steps, minutes) at the first evaluation >= first
     to_target: tuple[int, float] | None
@@ -65,8 +68,9 @@ class Run:
     final: float | None
 
     @property
-    def setting(self) -> tuple:
-        return (self.env_id, self.preset, tuple(self.flags), self.machine, self.precision)
+    def has_human(self) -> bool:
+        """Whether the game has a human reference score (Atari), so the milestones are human level and 100."""
+        return human_score(self.env_id) is not None
 
     def rank(self) -> tuple:
         """Sort key, best first: agent steps to 100, then to the first milestone (human level), then
@@ -202,16 +206,6 @@ def _differences(cfg, base) -> list[str]:
     return flags
 
 
-def _split_flags(words: list[str]) -> list[str]:
-    flags: list[str] = []
-    for word in words:
-        if word.startswith("--"):
-            flags.append(word)
-        else:
-            flags[-1] += " " + word
-    return flags
-
-
 def read_run(folder: Path, results: Path = RESULTS) -> Run:
     summary = json.loads((folder / "summary.json").read_text())
     note = read_note(folder)
@@ -231,7 +225,6 @@ def read_run(folder: Path, results: Path = RESULTS) -> Run:
         precision=summary.get("precision_used") or summary["config"].get("precision", "?"),
         sps=summary.get("learning_sps") or summary.get("train_sps"),
         agent_steps=int(summary.get("agent_steps", evals[-1]["agent_steps"] if evals else 0)),
-        minutes=summary.get("wall_seconds", 0.0) / 60,
         first=first, to_first=crossing(evals, first), to_target=crossing(evals, TARGET) if human is not None else None,
         best=max(returns) if returns else summary.get("best_eval_mean_return"),
         final=returns[-1] if returns else summary.get("eval_mean_return"))
@@ -284,14 +277,13 @@ def _steps(n: int) -> str:
 
 def _reached(run: Run, which: str) -> str:
     """"400k / 18.6" (agent steps / minutes at the first evaluation at or above the milestone),
-    "not reached", or "" where the milestone does not apply (100 outside Atari)."""
-    score = run.first if which == "first" else TARGET if run.first is not None and run.first == human_score(
-        run.env_id) else None
-    if score is None:
+    "not reached", or "" where the milestone does not apply; ``which`` is "first" (human level, or
+    "500: ..." for a game scored against its target) or "target" (100, Atari only)."""
+    if which == "target" and not run.has_human or which == "first" and run.first is None:
         return ""
-    reached = run.to_first if which == "first" else run.to_target
+    reached = run.to_target if which == "target" else run.to_first
     text = "not reached" if reached is None else f"{_steps(reached[0])} / {reached[1]:.1f}"
-    return text if which != "first" or score == human_score(run.env_id) else f"{score:g}: {text}"
+    return text if which == "target" or run.has_human else f"{run.first:g}: {text}"
 
 
 def _command(run: Run) -> str:
@@ -436,14 +428,11 @@ def describe_preset(name: str, runs: list[Run]) -> list[str]:
 
 def _milestone(run: Run, which: str) -> str:
     """"human level (30.5) at 400k agent steps, minute 18.6", "100 not reached", or ""."""
-    if which == "first":
-        score, reached = run.first, run.to_first
-        name = f"human level ({score:g})" if score is not None and score == human_score(run.env_id) else f"{score:g}"
-    else:
-        score, reached, name = (TARGET if run.first is not None and run.first == human_score(run.env_id) else None,
-                                run.to_target, f"{TARGET:g}")
-    if score is None:
+    if which == "target" and not run.has_human or which == "first" and run.first is None:
         return ""
+    score = TARGET if which == "target" else run.first
+    name = f"human level ({score:g})" if which == "first" and run.has_human else f"{score:g}"
+    reached = run.to_target if which == "target" else run.to_first
     if reached is None:
         return f"{name} not reached"
     return f"{name} at {_steps(reached[0])} agent steps, minute {reached[1]:.1f}"

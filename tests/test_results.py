@@ -121,6 +121,14 @@ def test_preset_listing_reads_the_archive_and_handles_any_preset(archive):
     assert "known to reach: no committed run yet" in results.describe_preset("breakout", runs)
 
 
+def test_a_preset_added_later_is_listed_without_runs_or_purpose(archive, monkeypatch):
+    from fastdqn import config
+
+    monkeypatch.setitem(config.PRESETS, "breakout-new", dict(config.PRESETS["breakout-cpu"], n_step=5))
+    lines = results.describe_preset("breakout-new", results.collect(archive[0]))
+    assert lines == ["memory: replay 300,000 transitions, about 2.1 GB", "known to reach: no committed run yet"]
+
+
 def test_committed_tables_are_current():
     """README.md's Results and Performance blocks and docs/results/README.md match the committed runs:
     after adding a run or a bench file, `fastdqn results` rewrites them."""

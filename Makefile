@@ -4,8 +4,12 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU wheel of torch: installed first, so that fastdqn's own range (torch>=2.2) is
-# already satisfied and no CUDA packages are pulled in.
+# torch, installed first so that fastdqn's own range (torch>=2.2) is already satisfied.
+# Which build this is depends on the machine's pip: from PyPI on Linux x86_64, torch==2.13.0
+# is the CUDA 13 build (it pulls the nvidia-* packages, several GB); where pip also finds a
+# local torch-2.13.0+cpu wheel (a find-links folder in pip's configuration), it takes that
+# one. For the CPU build elsewhere, PyTorch's CPU index:
+#   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
 
 .PHONY: install train test

@@ -94,8 +94,8 @@ def _load(kind: str, sources: list[str]):
                 sources=[str(_CSRC / s) for s in sources],
                 extra_include_paths=[str(_CSRC)],
                 extra_cflags=["-O3"],
-                # (flags, unlike TORCH_CUDA_ARCH_LIST, are part of what torch compares to decide
-                # whether a cached build still fits: another GPU gets its own build)
+                # (the flags land in the cached build.ninja: on another GPU ninja sees a
+                # changed command and rebuilds)
                 extra_cuda_cflags=["-O3", *arch],
             )
     except Exception as e:  # a build error, or a broken toolchain

@@ -120,3 +120,32 @@ def test_wheels_are_unpacked_and_trimmed(tmp_path):
         "farama_notifications/__init__.py", "gymnasium/__init__.py", "gymnasium/envs/registration.py",
         f"optree/_C.{so}", "optree/__init__.py", "typing_extensions.py"]
     assert (out / "envpool" / "entry.py").read_text() == gpu_bundle.ENTRY
+
+
+# fastdqn's own env layer with the bundle first on the path, as PYTHONPATH puts it on the GPU
+# machine (there the venv's envpool is absent; here it is shadowed, and each module must come
+# from the bundle).
+FASTDQN_ENVS = """
+import sys
+bundle = sys.argv[1]
+sys.path.insert(0, bundle)
+import numpy as np
+from fastdqn.envs import EnvConfig, VecEnv, make_env
+for name in ("envpool", "envpool_assets", "dm_env", "gymnasium", "optree"):
+    module = __import__(name)
+    assert module.__file__.startswith(bundle), (name, module.__file__)
+cfg = EnvConfig(env_id="Breakout-v5", num_envs=4, num_threads=1)
+for env in (make_env(cfg), make_env(cfg, evaluation=True), VecEnv(cfg, render=True)):
+    step = env.reset()
+    for _ in range(30):
+        step = env.step(np.random.default_rng(0).integers(0, env.num_actions, len(step.env_ids)))
+print("OK", env.obs_shape, env.render(0).shape)
+"""
+
+
+def test_fastdqns_env_layer_runs_on_the_bundle(twin):
+    out, _ = twin
+    proc = subprocess.run([sys.executable, "-B", "-c", FASTDQN_ENVS, str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "OK (4, 84, 84) (210, 160, 3)"

@@ -464,7 +464,8 @@ def environment(out: Path) -> int:
     for name in ("numpy", "numba", "envpool", "tensorboard", "psutil", "pytest", "ninja"):
         try:
             module = __import__(name)
-            modules[name] = f"{getattr(module, '__version__', '?')} ({Path(module.__file__).parent.parent})"
+            where = Path(module.__file__).parent.parent if getattr(module, "__file__", None) else "?"
+            modules[name] = f"{getattr(module, '__version__', '?')} ({where})"
         except ImportError:
             modules[name] = None
     nvcc = _output([str(Path(cpp_extension.CUDA_HOME or "", "bin", "nvcc")), "--version"], last=False, whole=True)

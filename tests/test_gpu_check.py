@@ -545,3 +545,28 @@ def test_auto_precision_on_a_gpu_is_fp32_below_the_batch_where_bf16_pays(monkeyp
     assert hardware.resolve_precision("auto", cuda, conv_net=False, batch_size=256).name == "fp32"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert hardware.resolve_precision("auto", cuda, batch_size=256).name == "fp32"  # no native bf16
+
+
+def test_the_environment_step_on_a_faked_gpu_fails_on_an_nvcc_of_another_major(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from torch.utils import cpp_extension
+
+    props = SimpleNamespace(name="Fake H100", major=9, minor=0, multi_processor_count=132, total_memory=80 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: props)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: True)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(tmp_path / "cuda"))
+    monkeypatch.setenv("CXX", "sh")
+    nvcc = tmp_path / "cuda" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    for release, status, line in (("13.0", 0, "nvcc 13.0 and torch's CUDA 13.0: same major version"),
+                                  ("12.8", 1, "nvcc 12.8 against torch built with CUDA 13.0: major versions differ")):
+        nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
+        nvcc.chmod(0o755)
+        assert gpu_check.environment(tmp_path) == status
+        assert any(printed.startswith(line) for printed in capsys.readouterr().out.splitlines())  # a line of its own
+        info = json.loads((tmp_path / "environment.json").read_text())
+        assert info["gpu"] == "Fake H100" and info["capability"] == "9.0" and info["nvcc_vs_torch"].startswith(line)
+        assert info["modules"]["envpool"].startswith("1.2.5 (")

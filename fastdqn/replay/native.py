@@ -85,7 +85,7 @@ def _load(kind: str, sources: list[str]):
         reason = _missing_tool(cpp_extension)
         if reason is None:
             name = f"fastdqn_gather_{kind}"
-            remove_stale_lock(Path(cpp_extension._get_build_directory(name, False)) / "lock")
+            _remove_stale_build_lock(cpp_extension, name)
             arch = []
             if kind == "cuda" and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
                 arch = cuda_arch_flags(torch.cuda.get_device_capability(), torch.cuda.get_arch_list())
@@ -134,6 +134,14 @@ def remove_stale_lock(lock: Path, older_than_s: float = STALE_LOCK_S) -> bool:
     warnings.warn(f"fastdqn: removed {lock}, left {age:.0f} s ago by a native kernel build that did not finish",
                   RuntimeWarning, stacklevel=3)
     return True
+
+
+def _remove_stale_build_lock(cpp_extension, name: str) -> None:
+    try:  # torch's own (private) rule for the build folder; without it, no lock is removed
+        build_directory = cpp_extension._get_build_directory(name, False)
+    except Exception:
+        return
+    remove_stale_lock(Path(build_directory) / "lock")
 
 
 def _failure(e: Exception) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,6 +350,7 @@ def check_resumable(saved: dict, cfg: TrainConfig, run_dir) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Raise ValueError naming the flag the user types and the fix, before any work is done."""
+    _validate_numbers(cfg)
     validate_env(cfg.env, flag_of=_env_flag)
     value = lambda name: getattr(cfg, name)  # noqa: E731
     positive = ("total_steps", "buffer_size", "batch_size", "n_step", "hidden", "target_update_period",
@@ -384,6 +386,21 @@ def validate(cfg: TrainConfig) -> None:
     _validate_distributed(cfg)
 
 
+def _validate_numbers(cfg: TrainConfig) -> None:
+    """Every float flag is a number (NaN compares false with every bound: it would pass them all) and
+    finite, except --target-score, whose default inf means "never"; the seeds fit what takes them."""
+    for owner, flag_of in ((cfg.env, _env_flag), (cfg, _flag)):
+        for f in dataclasses.fields(owner):
+            value = getattr(owner, f.name)
+            if isinstance(value, float) and not math.isfinite(value) and not (
+                    f.name == "target_score" and value == math.inf):
+                raise ValueError(f"{flag_of(f.name)} must be a finite number, got {value}")
+    if not 0 <= cfg.seed < 2**63:  # (torch's seed is an int64; NumPy's streams take any non-negative one)
+        raise ValueError(f"--seed must be in [0, 2**63), got {cfg.seed}")
+    if not 0 <= cfg.env.seed < 2**31:
+        raise ValueError(f"--env-seed must be in [0, 2**31) (EnvPool takes an int32 seed), got {cfg.env.seed}")
+
+
 def _validate_distributed(cfg: TrainConfig) -> None:
     if cfg.actors < 0:
         raise ValueError(f"--actors must be >= 0, got {cfg.actors}")
@@ -401,31 +418,26 @@ def _validate_distributed(cfg: TrainConfig) -> None:
             raise ValueError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
     if cfg.actor_restarts < -1:
         raise ValueError(f"--actor-restarts must be >= -1 (-1 = always), got {cfg.actor_restarts}")
-    from fastdqn.envs import is_atari
-
-    lanes = cfg.actors * cfg.env.num_envs
-    minimum = lanes * ((cfg.env.stack_num if is_atari(cfg.env.env_id) else 1) + cfg.n_step + 1)
-    if cfg.buffer_size < minimum:
-        raise ValueError(f"--buffer-size {cfg.buffer_size} is too small for --actors {cfg.actors} x --num-envs "
-                         f"{cfg.env.num_envs}: the replay has a lane per env of every actor; use at least {minimum}")
-    if cfg.learning_starts > cfg.buffer_size // lanes * lanes:
-        raise ValueError(f"--learning-starts {cfg.learning_starts} is more than the replay holds in whole lanes of "
-                         f"--actors {cfg.actors} x --num-envs {cfg.env.num_envs}: lower it or raise --buffer-size")
 
 
 def _validate_replay_size(cfg: TrainConfig) -> None:
     from fastdqn.envs import is_atari
 
     num_envs = cfg.env.num_envs
+    # the replay has a lane per env: of every actor with --actors
+    lanes = num_envs * max(cfg.actors, 1)
+    envs = f"--actors {cfg.actors} x --num-envs {num_envs}" if cfg.actors else f"--num-envs {num_envs}"
     stack = cfg.env.stack_num if is_atari(cfg.env.env_id) else 1
-    minimum = num_envs * (stack + cfg.n_step + 1)  # every lane holds one stack and one n-step window
+    per_lane = stack + cfg.n_step + 1
+    minimum = lanes * per_lane  # every lane holds one stack and one n-step window
     if cfg.buffer_size < minimum:
-        raise ValueError(f"--buffer-size {cfg.buffer_size} is too small for --num-envs {num_envs}: each env's lane "
-                         f"needs {stack + cfg.n_step + 1} transitions (stack + n-step + 1); use at least {minimum}")
-    holds = cfg.buffer_size // num_envs * num_envs  # whole lanes
+        each = "the replay has a lane per env of every actor" if cfg.actors else "each env's lane"
+        raise ValueError(f"--buffer-size {cfg.buffer_size} is too small for {envs}: {each} needs {per_lane} "
+                         f"transitions (stack + n-step + 1); use at least {minimum}")
+    holds = cfg.buffer_size // lanes * lanes  # whole lanes
     if cfg.replay_window and not minimum <= cfg.replay_window <= cfg.buffer_size:
         raise ValueError(f"--replay-window {cfg.replay_window} must be in [{minimum}, --buffer-size {cfg.buffer_size}] "
-                         f"for --num-envs {num_envs} (or 0 for no window)")
+                         f"for {envs} (or 0 for no window)")
     if bool(cfg.replay_window) != bool(cfg.replay_window_steps):
         raise ValueError("--replay-window and --replay-window-steps go together: give both (a window of N transitions "
                          "until agent step S), or neither")
@@ -434,8 +446,15 @@ def _validate_replay_size(cfg: TrainConfig) -> None:
                          f"{cfg.buffer_size}): lower --batch-size or raise --buffer-size")
     if cfg.learning_starts > holds:
         raise ValueError(f"--learning-starts {cfg.learning_starts} is more than the replay holds (--buffer-size "
-                         f"{cfg.buffer_size}, {holds} in whole lanes of --num-envs {num_envs}), so learning would never "
+                         f"{cfg.buffer_size}, {holds} in whole lanes of {envs}), so learning would never "
                          "start: lower --learning-starts or raise --buffer-size")
+    if cfg.learning_starts < minimum:  # (the first update samples: a lane needs that many records to offer one)
+        raise ValueError(f"--learning-starts {cfg.learning_starts} is too few: the first update needs a transition to "
+                         f"sample, which a lane has after {per_lane} records (stack + n-step + 1); use at least "
+                         f"{minimum} for {envs}")
+    if cfg.learning_starts >= cfg.total_steps:
+        raise ValueError(f"--learning-starts {cfg.learning_starts} is not below --total-steps {cfg.total_steps}: the "
+                         "run would end before its first update; lower --learning-starts or raise --total-steps")
 
 
 def protocol_record(cfg: TrainConfig) -> dict:

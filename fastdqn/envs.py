@@ -210,7 +210,7 @@ class VecEnv:
             num_envs=cfg.num_envs,
             batch_size=cfg.batch_size or cfg.num_envs,
             num_threads=cfg.num_threads,
-            seed=cfg.seed,
+            seed=cfg.seed % 2**31,  # EnvPool takes an int32; derived seeds (evaluation: --seed + step) may not fit
         )
         if self.atari:
             kwargs.update(

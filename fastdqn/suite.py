@@ -180,6 +180,12 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[dict]]:
     name = "atari5" if args.games.strip().lower() == "atari5" else "-".join(games)
     out = Path(args.out or f"runs/suite-{name}")
     require_writable(out, "--out", directory=True)
+    if "total_steps" in budget:  # said as the suite's flags, before train's own check names --total-steps
+        starts = config_lib.from_arguments(argparse.Namespace(**{**vars(args), "EnvConfig.env_id": f"{games[0]}-v5"}))
+        if budget["total_steps"] <= starts.learning_starts:
+            raise ValueError(f"--steps {budget['total_steps']} is not more than --learning-starts "
+                             f"{starts.learning_starts}: every game would be scored untrained; raise --steps or "
+                             "lower --learning-starts")
     jobs = []
     for game in games:
         run_dir = out / game

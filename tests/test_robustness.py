@@ -5,6 +5,7 @@ checkpoint named, and a flag that cannot be honoured is refused by name before a
 import dataclasses
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -169,3 +170,67 @@ def test_resuming_a_finished_run_neither_repeats_nor_purges_its_final_evaluation
     assert [e["agent_steps"] for e in resumed["evals"]] == [300, 600, 900]
     steps, _ = read_scalars(run_dir, ["eval/mean_return"])["eval/mean_return"]
     assert steps.tolist() == [300, 600, 900]
+
+
+# --------------------------------------------------------------------------- 9, 10, 12, 13. flags refused by name
+
+REFUSED = [
+    (["--learning-starts", "0"], "--learning-starts 0 is too few: the first update needs a transition to sample"),
+    (["--learning-starts", "10"], "--learning-starts 10 is too few"),
+    (["--learning-starts", "3000", "--total-steps", "3000"], "--learning-starts 3000 is not below --total-steps 3000"),
+    (["--replay-ratio", "nan"], "--replay-ratio must be a finite number, got nan"),
+    (["--replay-ratio", "inf"], "--replay-ratio must be a finite number, got inf"),
+    (["--max-minutes", "nan"], "--max-minutes must be a finite number, got nan"),
+    (["--per-alpha", "nan"], "--per-alpha must be a finite number, got nan"),
+    (["--target-score", "nan"], "--target-score must be a finite number, got nan"),
+    (["--repeat-action-probability", "nan"], "--repeat-action-probability must be a finite number"),
+    (["--seed", "-1"], "--seed must be in [0, 2**63), got -1"),
+    (["--seed", str(2**63)], "--seed must be in [0, 2**63)"),
+    (["--env-seed", str(2**31)], "--env-seed must be in [0, 2**31) (EnvPool takes an int32 seed)"),
+    (["--actors", "2", "--replay-window", "20", "--replay-window-steps", "1000"],
+     "--replay-window 20 must be in [40, --buffer-size 50000] for --actors 2 x --num-envs 4"),
+]
+
+
+@pytest.mark.parametrize("flags, message", REFUSED, ids=[" ".join(f) for f, _ in REFUSED])
+def test_a_flag_that_cannot_be_honoured_is_refused_in_one_line_and_nothing_is_created(flags, message, tmp_path,
+                                                                                     monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "cartpole", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_suite_budget_below_learning_starts_is_refused_before_any_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("fastdqn.train.train", lambda *a, **k: pytest.fail("trained"))
+    assert main(["suite", "--games", "Pong", "--steps", "50000", "--out", str(tmp_path / "suite")]) == 2
+    err = capsys.readouterr().err
+    assert "--steps 50000 is not more than --learning-starts 80000: every game would be scored untrained" in err
+    assert not (tmp_path / "suite").exists()
+
+
+def float_flags():
+    from fastdqn.config import TrainConfig, _env_flag, _flag
+    from fastdqn.envs import EnvConfig
+
+    for owner, flag_of in ((EnvConfig, _env_flag), (TrainConfig, _flag)):
+        for f in dataclasses.fields(owner):
+            if isinstance(f.default, float):
+                yield owner is EnvConfig, f.name, flag_of(f.name)
+
+
+@pytest.mark.parametrize("in_env, name, flag", list(float_flags()), ids=[flag for _, _, flag in float_flags()])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+def test_every_float_flag_refuses_nan_and_infinities(in_env, name, flag, bad):
+    changes = dict(env={name: bad}) if in_env else {name: bad}
+    if name == "target_score" and bad == math.inf:  # its default: never stop on a score
+        make_config("cartpole", **changes)
+        return
+    with pytest.raises(ValueError, match=f"^{flag} must be a finite number"):
+        make_config("cartpole", **changes)
+
+
+def test_a_seed_beyond_int32_trains_and_evaluates(tmp_path):
+    summary = train(cartpole(tmp_path / "run", seed=2**40, final_eval=True, eval_max_steps=20), progress=False)
+    assert [e["agent_steps"] for e in summary["evals"]] == [600]

@@ -4,6 +4,8 @@
     python bench/learner.py --json out.json --threads 2 --seconds 20
     python -m bench.learner --quick              # tiny smoke run (from the repository root)
     python -m bench.learner --torso nips --hidden 256 --modes fp32-eager   # the 2013 network
+    python -m bench.learner --torso nips --hidden 256 --modes fp32-eager --heads scalar,c51,qr \
+        --batch-sizes 64 --replay-ratio 4      # every Q-head in one run, also per agent step
 
 Modes: ``<precision>-<path>`` with precision fp32 | bf16 and path eager | compile | graph
 (graph: CUDA only, K updates per replay): fastdqn's Learner (dueling Nature CNN, Adam,
@@ -11,7 +13,9 @@ Huber, double Q, hard target every 8000). Two baselines, fp32 eager on the same 
 (bench/baselines.py PlainUpdate): ``plain`` (the same algorithm: dueling, double Q, three
 forwards) and ``cleanrl`` (CleanRL's dqn_atari update: no dueling, max over the target
 net, two forwards, MSE). All train from the same seed on random uint8 batches (4, 84, 84),
-6 actions. Ratios are to ``plain`` (to ``fp32-eager`` with ``--torso nips``: the baselines are
+6 actions. ``--heads`` times the Learner's modes with each Q-head (networks.HEADS: scalar,
+c51, qr) as ``MODE:HEAD`` (``fp32-eager:c51``); with ``--replay-ratio R`` each row also gives
+the learner's ms per agent step at that ratio (ms per update x R / batch size). Ratios are to ``plain`` (to ``fp32-eager`` with ``--torso nips``: the baselines are
 the Nature CNN only). One process setting reaches every mode alike: the
 Learner tunes glibc's allocator (fastdqn.hardware.keep_freed_memory) when the first one is
 built, so the baselines run without page faults too (on their own they can fault thousands
@@ -43,7 +47,7 @@ import torch
 
 from fastdqn.hardware import keep_freed_memory, resolve_precision
 from fastdqn.learner import Learner
-from fastdqn.networks import TORSOS, channels_last, make_q_network
+from fastdqn.networks import HEADS, TORSOS, channels_last, make_q_network
 from .baselines import PlainUpdate
 from .common import OtherLoad, machine, print_machine, write_json
 
@@ -70,7 +74,7 @@ def _make(mode: str, net: torch.nn.Module, device: torch.device, k: int):
     if mode in BASELINES:
         torch.manual_seed(0)
         return PlainUpdate(mode, (4, 84, 84), NUM_ACTIONS, device=device)
-    precision, path = mode.split("-")
+    precision, path = mode.split(":")[0].split("-")
     return Learner(copy.deepcopy(net), precision=precision, compile=path == "compile",
                    cuda_graph=path == "graph", updates_per_graph=k, device=device)
 
@@ -87,7 +91,7 @@ def _step(learner, batches, mode: str) -> int:
     if mode in BASELINES:
         learner(*_baseline_batch(batches[0]))
         return 1
-    if mode.split("-")[1] == "graph":
+    if mode.split(":")[0].endswith("-graph"):
         learner.update_many(batches)
         return len(batches)
     learner.update(batches[0])
@@ -106,7 +110,8 @@ def _without_foreign_baselines(modes, torso: str, frame_size: int = 84) -> list[
 
 def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool = True,
         device: str | None = None, threads: int | None = None, rounds: int = 3,
-        updates_per_graph: int = 4, torso: str = "nature", hidden: int = 512, frame_size: int = 84) -> dict:
+        updates_per_graph: int = 4, torso: str = "nature", hidden: int = 512, frame_size: int = 84,
+        heads=("scalar",), replay_ratio: float | None = None) -> dict:
     """Time each mode at each batch size; returns a JSON-ready dict (see main).
 
     ``torso``/``hidden``: fastdqn's network (networks.TORSOS); ``frame_size``: its square input
@@ -125,6 +130,12 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
     base_mode = "plain" if "plain" in modes else "fp32-eager"
     if base_mode not in modes:
         modes.insert(0, base_mode)  # the baseline of every ratio
+    for head in heads:
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}: one of {', '.join(HEADS)}")
+    # each Learner mode once per head (the scalar one keeps its plain name), baselines once
+    modes = [m for m in modes if m in BASELINES or "scalar" in heads] + [
+        f"{m}:{head}" for m in modes if m not in BASELINES for head in heads if head != "scalar"]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cpu":
         keep_freed_memory()  # what every CPU Learner sets; set first, so all modes share it
@@ -132,13 +143,18 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
 
     results = []
     for batch_size in batch_sizes:
-        torch.manual_seed(0)
-        net = make_q_network((4, frame_size, frame_size), NUM_ACTIONS, dueling=True, hidden=hidden, torso=torso)
+        nets = {}
+        for head in ("scalar", *heads):
+            torch.manual_seed(0)
+            nets[head] = make_q_network((4, frame_size, frame_size), NUM_ACTIONS, dueling=True, hidden=hidden,
+                                        torso=torso, head=head)
+        net = nets["scalar"]
         batches = random_batches(updates_per_graph, batch_size, frame_size=frame_size)
         learners, warmup = {}, {}
         for mode in modes:
             t0 = time.perf_counter()
-            learners[mode] = _make(mode, net, device, updates_per_graph)
+            head = mode.split(":")[1] if ":" in mode else "scalar"
+            learners[mode] = _make(mode, nets[head], device, updates_per_graph)
             for _ in range(2):  # compile / capture / first-call allocations
                 _step(learners[mode], batches, mode)
             sync()
@@ -171,6 +187,8 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
                 "quiet_rounds": quiet, "rounds": [round(x, 2) for x in rates[mode]],
                 "other_processes_cpu_cores": others[mode], "warmup_s": round(warmup[mode], 2),
             })
+            if replay_ratio:
+                results[-1]["ms_per_agent_step"] = round(1e3 / ups * replay_ratio / batch_size, 3)
         del learners
     return {
         "benchmark": "learner",
@@ -186,6 +204,7 @@ def run(batch_sizes=(32, 256), modes=None, seconds: float = 6.0, progress: bool 
         "ratio_to": base_mode,
         "auto_precision": "{} ({})".format(*resolve_precision("auto", device)[:2]),
         "updates_per_graph": updates_per_graph,
+        "replay_ratio": replay_ratio,
         "results": results,
     }
 
@@ -277,16 +296,22 @@ def _headline(rates: list[float], others: list[float | None]) -> tuple[float, in
 
 def format_table(report: dict) -> str:
     ratio_to = report["ratio_to"]
+    per_step = bool(report.get("replay_ratio"))
+    step_column = f" {'ms/agent step':>13}" if per_step else ""
     lines = [f"learner on {report['device']} ({report['device_name']}), torch {report['torch']}, "
              f"{report['threads']} threads; precision auto here: {report['auto_precision']}",
              f"{'batch':>5}  {'mode':<16} {'ms/update':>10} {'updates/s':>10} {'samples/s':>10} "
-             f"{'x ' + ratio_to:>8} {'(best)':>7} {'quiet':>7} {'warm-up s':>9}"]
+             f"{'x ' + ratio_to:>8} {'(best)':>7} {'quiet':>7} {'warm-up s':>9}{step_column}"]
     for r in report["results"]:
         quiet = f"{r['quiet_rounds']}/{len(r['rounds'])}"
+        step = f" {r['ms_per_agent_step']:>13.3f}" if per_step else ""
         lines.append(f"{r['batch_size']:>5}  {r['mode']:<16} {r['ms_per_update']:>10.2f} "
                      f"{r['updates_per_s']:>10.1f} {r['samples_per_s']:>10.0f} "
                      f"{r['ratio']:>8.2f} {r['best_ratio']:>7.2f} "
-                     f"{quiet:>7} {r['warmup_s']:>9.1f}")
+                     f"{quiet:>7} {r['warmup_s']:>9.1f}{step}")
+    if per_step:
+        lines.append(f"ms/agent step: the learner's time per agent step at replay ratio {report['replay_ratio']:g} "
+                     "(ms/update x ratio / batch size)")
     lines.append(f"figures: median over the quiet rounds (other processes < {QUIET} cores; all "
                  "rounds if none was quiet); (best): ratio of the best rounds; plain / cleanrl: "
                  "the fp32 eager baselines (bench/baselines.py)")
@@ -310,6 +335,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--torso", default="nature", choices=sorted(TORSOS),
                         help="fastdqn's conv torso; the plain/cleanrl baselines exist for nature only")
     parser.add_argument("--hidden", type=int, default=512, help="fc width per dueling stream")
+    parser.add_argument("--heads", default="scalar",
+                        help="comma-separated Q-heads to time each Learner mode with: scalar, c51, qr")
+    parser.add_argument("--replay-ratio", type=float, default=None,
+                        help="also report the learner's ms per agent step at this replay ratio")
     parser.add_argument("--frame-size", type=int, default=84,
                         help="square frames of this many pixels (training's --frame-size); baselines need 84")
     parser.add_argument("--profile", action="store_true",
@@ -342,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
                   modes=args.modes.split(",") if args.modes else None, seconds=args.seconds,
                   device=args.device, threads=args.threads, rounds=args.rounds,
                   updates_per_graph=args.updates_per_graph, torso=args.torso, hidden=args.hidden,
-                  frame_size=args.frame_size)
+                  frame_size=args.frame_size, heads=tuple(args.heads.split(",")), replay_ratio=args.replay_ratio)
     if args.quick:
         quick_modes = ["plain", "cleanrl", "fp32-eager", "bf16-eager"]
         kwargs.update(batch_sizes=(4,), seconds=0.2, rounds=1, modes=_without_foreign_baselines(quick_modes, args.torso, args.frame_size))

@@ -45,6 +45,10 @@ class TrainConfig:
     learning_starts: int = _f(80_000, "agent steps collected before the first update")
     batch_size: int = _f(32, "transitions per learner update")
     replay_ratio: float = _f(8.0, "sampled transitions per agent step (8 = batch 32 every 4 steps)")
+    replay_ratio_early: float = _f(0.0, "with --replay-ratio-early-steps: the replay ratio until that agent step "
+                                        "(learning early, while the agent is young), --replay-ratio after it; "
+                                        "0 = --replay-ratio throughout")
+    replay_ratio_early_steps: int = _f(0, "the agent step at which --replay-ratio-early gives way to --replay-ratio")
     n_step: int = _f(3, "n-step returns")
     gamma: float = _f(0.99, "discount")
     per_alpha: float = _f(0.6, "priority exponent alpha; 0 = uniform replay")
@@ -57,6 +61,14 @@ class TrainConfig:
         choices=("numpy", "cuda", "cpu"))
     # --- learner
     dueling: bool = _f(True, "dueling head Q = V + A - mean(A)")
+    head: str = _f("scalar", "what the Q-network outputs per action: scalar (Q itself, DQN), c51 (a distribution on "
+                   "--num-atoms fixed atoms in [--v-min, --v-max], cross-entropy to the projected n-step target; "
+                   "Bellemare et al. 2017) or qr (--num-atoms quantiles, quantile Huber loss; Dabney et al. 2018). "
+                   "Acting is greedy on the mean; with c51 or qr the replay priority is the per-sample loss",
+                   choices=("scalar", "c51", "qr"))
+    num_atoms: int = _f(0, "atoms (c51) or quantiles (qr) per action; 0 = the papers' 51 for c51, 200 for qr")
+    v_min: float = _f(-10.0, "c51: the support's lowest value (the papers' -10 suits clipped Atari rewards)")
+    v_max: float = _f(10.0, "c51: the support's highest value (returns beyond it are clipped onto it)")
     hidden: int = _f(512, "hidden units of the Q-network's fully connected layer(s)")
     torso: str = _f("nature", "the CNN's conv layers on image observations: nature (Mnih et al. 2015: 32x8x8/4, "
                     "64x4x4/2, 64x3x3/1) or nips (Mnih et al. 2013: 16x8x8/4, 32x4x4/2, about a third of the "
@@ -224,8 +236,8 @@ def _env_flag(name: str) -> str:
 HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "run": ("exp_name", "run_dir", "seed", "total_steps", "max_minutes", "target_score"),
     "replay": ("buffer_size", "replay_window", "replay_window_steps", "learning_starts", "batch_size", "replay_ratio",
-               "n_step", "per_alpha", "per_beta0", "per_eps"),
-    "learner": ("gamma", "dueling", "hidden", "torso", "double_q", "loss", "optimizer", "lr", "lr_final", "lr_decay_start",
+               "replay_ratio_early", "replay_ratio_early_steps", "n_step", "per_alpha", "per_beta0", "per_eps"),
+    "learner": ("gamma", "dueling", "head", "num_atoms", "v_min", "v_max", "hidden", "torso", "double_q", "loss", "optimizer", "lr", "lr_final", "lr_decay_start",
                 "lr_decay_end", "adam_eps", "max_grad_norm", "target_update_period", "tau"),
     "exploration": ("eps_schedule", "eps_start", "eps_mid", "eps_mid_steps", "eps_final", "eps_final_steps",
                     "eps_decay_steps"),
@@ -331,7 +343,8 @@ def resume_config(run_dir: str, args: argparse.Namespace) -> TrainConfig:
 # What a resumed run cannot change: the network's and the replay's shapes and meaning.
 FIXED_ON_RESUME = {
     "EnvConfig": ("env_id", "num_envs", "stack_num", "frame_size", "protocol", "full_action_space"),
-    "TrainConfig": ("buffer_size", "n_step", "gamma", "per_alpha", "per_eps", "dueling", "hidden", "torso", "optimizer"),
+    "TrainConfig": ("buffer_size", "n_step", "gamma", "per_alpha", "per_eps", "dueling", "head", "num_atoms", "v_min",
+                    "v_max", "hidden", "torso", "optimizer"),
 }
 
 
@@ -361,7 +374,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError(f"{_flag(name)} must be positive, got {value(name)}")
     for name in ("torch_threads", "learning_starts", "eval_interval", "checkpoint_interval", "max_grad_norm", "per_alpha",
                  "per_eps", "max_minutes", "lr", "lr_final", "lr_decay_start", "lr_decay_end", "eps_mid_steps",
-                 "eps_final_steps", "replay_window", "replay_window_steps"):
+                 "eps_final_steps", "replay_window", "replay_window_steps", "replay_ratio_early",
+                 "replay_ratio_early_steps", "num_atoms"):
         if value(name) < 0:
             raise ValueError(f"{_flag(name)} must be >= 0, got {value(name)}")
     if not 0 < cfg.gamma <= 1:
@@ -377,6 +391,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.lr_decay_end and cfg.lr_decay_end <= cfg.lr_decay_start:
         raise ValueError(f"--lr-decay-end ({cfg.lr_decay_end}) must be > --lr-decay-start ({cfg.lr_decay_start}), "
                          "or 0 for a constant --lr")
+    _validate_head(cfg)
+    if bool(cfg.replay_ratio_early) != bool(cfg.replay_ratio_early_steps):
+        raise ValueError("--replay-ratio-early and --replay-ratio-early-steps go together: give both (ratio R until "
+                         "agent step S), or neither")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ValueError(f"--device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     if cfg.replay_device == "cuda" and not cfg.device.startswith("cuda"):
@@ -399,6 +417,20 @@ def _validate_numbers(cfg: TrainConfig) -> None:
         raise ValueError(f"--seed must be in [0, 2**63), got {cfg.seed}")
     if not 0 <= cfg.env.seed < 2**31:
         raise ValueError(f"--env-seed must be in [0, 2**31) (EnvPool takes an int32 seed), got {cfg.env.seed}")
+
+
+def _validate_head(cfg: TrainConfig) -> None:
+    if cfg.head == "scalar":
+        if cfg.num_atoms not in (0, 1):
+            raise ValueError(f"--num-atoms {cfg.num_atoms} needs --head c51 or qr (a scalar head has one output per action)")
+        return
+    if cfg.num_atoms == 1:
+        raise ValueError(f"--head {cfg.head} needs --num-atoms of at least 2 (or 0 for the papers' size)")
+    if cfg.head == "c51" and not cfg.v_min < cfg.v_max:
+        raise ValueError(f"--v-min ({cfg.v_min}) must be below --v-max ({cfg.v_max})")
+    if cfg.loss != "huber":
+        raise ValueError(f"--loss {cfg.loss} is for the scalar head; --head {cfg.head} has its own loss "
+                         "(c51: cross-entropy, qr: quantile Huber)")
 
 
 def _validate_distributed(cfg: TrainConfig) -> None:

@@ -15,6 +15,16 @@ Per-sample losses (delta = prediction - target):
     mse           0.5 delta^2   (the 1/2 makes all three agree near 0: gradient delta)
     pseudo_huber  sqrt(delta^2 + 1) - 1
 
+Distributional heads (networks.QHead: N outputs per action) replace the scalar y and delta:
+    a*   = argmax_a of the online net's Q(s', a), the mean of its distribution (double Q)
+    c51  target distribution: the target net's p(s', a*) moved to R + gamma^m z and projected
+         back onto the support z (project_onto_support); loss = cross-entropy of the online
+         logits of (s, a) against it
+    qr   target quantiles R + gamma^m theta'_j(s', a*); loss = the quantile Huber loss
+         (kappa = 1) of the online quantiles theta_i(s, a) against them (quantile_huber_loss)
+and the per-sample loss is what goes back to the replay as the priority (as in Rainbow), where
+the scalar head sends |delta|. Everything after the networks' output layers runs in fp32.
+
 Precision: "auto" (the default of the CLI) resolves to bf16 only where the hardware
 computes in it (fastdqn/hardware.py), fp32 elsewhere. With bf16, the three network
 forwards run under bf16 autocast up to the head's hidden layer; the head's output layers
@@ -36,7 +46,8 @@ Execution paths (same numerics, same code for the update itself):
   asked for (``cudnn.deterministic`` or ``torch.use_deterministic_algorithms``).
 - CUDA, ``cuda_graph=False``, or :meth:`Learner.update` on any device: eager.
 
-Results are host tensors: ``update`` -> loss (), td_abs (B,), mean_q ();
+Results are host tensors: ``update`` -> loss (), td_abs (B,), mean_q (); td_abs is the
+per-sample priority (|delta|, or a distributional head's per-sample loss);
 ``update_many`` -> loss (K,), td_abs (K, B), mean_q (K,). On CUDA they come back in one
 device->host copy per call; the caller calls ``float()``/``.numpy()`` only when it logs.
 """
@@ -73,6 +84,42 @@ def elementwise_loss(delta: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "pseudo_huber":
         return torch.sqrt(delta * delta + 1.0) - 1.0
     raise ValueError(f"loss must be one of {_LOSSES}, got {kind!r}")
+
+
+def project_onto_support(probs: torch.Tensor, returns: torch.Tensor, discounts: torch.Tensor,
+                         support: torch.Tensor) -> torch.Tensor:
+    """C51's target: the distribution ``probs`` (B, N) on ``support`` (N,) moved to R + d * z and
+    projected back onto the support, (B, N); each row keeps its mass.
+
+    Each moved atom R + d z_j is clipped to [v_min, v_max] and split between its two neighbours
+    on the support in proportion to its distance from each: at b = (Tz - v_min) / dz, index
+    l = floor(b) gets 1 - (b - l) of it, l + 1 gets b - l. l is held at N - 2 or below, so
+    that l + 1 is always an index (an atom on v_max gets b - l = 1: all of it to N - 1), and
+    an atom landing on a support point gets all its mass there. Two scatter-adds on the
+    device: no host sync, no data-dependent shape (safe inside a CUDA graph).
+    """
+    n = support.shape[0]
+    v_min, v_max = support[0], support[-1]
+    moved = (returns.unsqueeze(1) + discounts.unsqueeze(1) * support).clamp(v_min, v_max)
+    b = ((moved - v_min) / ((v_max - v_min) / (n - 1))).clamp(0, n - 1)
+    lower = b.floor().clamp(max=n - 2)
+    upper_share = b - lower
+    lower = lower.long()
+    projected = torch.zeros_like(probs)
+    projected.scatter_add_(1, lower, probs * (1.0 - upper_share))
+    projected.scatter_add_(1, lower + 1, probs * upper_share)
+    return projected
+
+
+def quantile_huber_loss(quantiles: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """QR-DQN's per-sample loss, (B,): sum_i mean_j |tau_i - 1{u_ij < 0}| * huber(u_ij), with
+    u_ij = targets_j - quantiles_i, quantiles (B, N) at the midpoints tau_i = (2i + 1) / 2N,
+    targets (B, N') and kappa = 1 (huber as elementwise_loss)."""
+    n = quantiles.shape[1]
+    taus = (torch.arange(n, device=quantiles.device, dtype=quantiles.dtype) + 0.5) / n
+    u = targets.unsqueeze(1) - quantiles.unsqueeze(2)  # (B, N, N'): row i = quantile i
+    weight = (taus.view(1, n, 1) - (u.detach() < 0).to(u.dtype)).abs()
+    return (weight * elementwise_loss(u, "huber")).mean(dim=2).sum(dim=1)
 
 
 def _field(batch: Any, name: str):
@@ -224,9 +271,13 @@ class Learner:
         if precision == "bf16" and self.tau == 0.0 and not self._is_cuda:
             self._target_bf16 = cast_trunk(self.target_network, torch.bfloat16)
 
-        self._loss_fn = self._td_loss
+        # What the head's outputs are (networks.QHead): scalar Q, c51 atoms or qr quantiles.
+        head = getattr(self.q_network, "head", None)
+        self.head = getattr(head, "head", "scalar")
+        self._plain_loss = self._td_loss if self.head == "scalar" else self._distributional_loss
+        self._loss_fn = self._plain_loss
         if compile:
-            self._loss_fn = torch.compile(self._td_loss)
+            self._loss_fn = torch.compile(self._plain_loss)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_staging: _Staging | None = None
         self._eager_staging: _Staging | None = None
@@ -300,6 +351,40 @@ class Learner:
         loss = (weights * elementwise_loss(delta, self.loss_kind)).mean()
         return loss, delta.detach().abs(), q.detach().mean()
 
+    def _distributional_loss(self, obs, actions, returns, discounts, next_obs, weights):
+        """_td_loss for a c51 or qr head: (loss, per-sample loss as the priority, mean Q(s,a))."""
+        online = self.q_network
+        with self.autocast():
+            outputs = online.outputs(obs)
+            with torch.no_grad():
+                target_net = self.target_network if self._target_bf16 is None else self._target_bf16
+                if self._channels_last and self.double_q:
+                    next_x = online.scale(next_obs)  # scaled once, read by both networks
+                    next_target = target_net.outputs(next_x, scaled=True)
+                    next_online = online.outputs(next_x, scaled=True)
+                else:
+                    next_target = target_net.outputs(next_obs)
+                    next_online = online.outputs(next_obs) if self.double_q else None
+        head = online.head
+        n = outputs.shape[2]
+        # (B, N): the outputs of the action taken, and of a* at s' (gather, no boolean indexing)
+        taken = outputs.float().gather(1, actions.view(-1, 1, 1).expand(-1, 1, n)).squeeze(1)
+        with torch.no_grad():
+            next_target = next_target.float()
+            chooser = next_online.float() if self.double_q else next_target
+            best = head.q_values(chooser).argmax(dim=1)
+            next_outputs = next_target.gather(1, best.view(-1, 1, 1).expand(-1, 1, n)).squeeze(1)
+        if self.head == "c51":
+            with torch.no_grad():
+                target_probs = project_onto_support(next_outputs.softmax(dim=1), returns, discounts, head.support)
+            per_sample = -(target_probs * taken.log_softmax(dim=1)).sum(dim=1)
+        else:
+            targets = returns.unsqueeze(1) + discounts.unsqueeze(1) * next_outputs
+            per_sample = quantile_huber_loss(taken, targets)
+        loss = (weights * per_sample).mean()
+        mean_q = head.q_values(taken.detach().unsqueeze(1)).mean()
+        return loss, per_sample.detach(), mean_q
+
     def _train_step(self, obs, actions, returns, discounts, next_obs, weights, *, in_graph=False,
                     hard_copy=True):
         """One full update on device tensors; returns device tensors (no host sync).
@@ -307,7 +392,7 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         # A graph already removes the launch overhead compiling would: it captures the plain
         # code (and keeps torch.compile's own machinery out of the capture).
-        loss_fn = self._td_loss if in_graph else self._loss_fn
+        loss_fn = self._plain_loss if in_graph else self._loss_fn
         loss, td_abs, mean_q = loss_fn(obs, actions, returns, discounts, next_obs, weights)
         loss.backward()
         if self.max_grad_norm is not None:

@@ -4,7 +4,9 @@
 Both are a *torso* (features) followed by a *head* (Q-values). The head is either plain
 (one hidden layer, then one output per action) or dueling (Wang et al., 2016): the
 hidden layer is duplicated into a value stream V(s) and an advantage stream A(s, a),
-combined as Q = V + A - mean_a A, so that mean_a Q == V exactly.
+combined as Q = V + A - mean_a A, so that mean_a Q == V exactly. A distributional head
+(C51's atoms, QR-DQN's quantiles) has N outputs per action instead of one; ``forward``
+still gives Q-values, ``outputs`` the (B, A, N) that the learner's losses read (QHead).
 
 Precision: under bf16 autocast the torso and the head's hidden layer run in bf16, but the
 head's output layer(s) and the dueling combination run in fp32 on the (upcast) hidden
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TORSOS", "NatureCNN", "MLP", "QHead", "make_q_network", "cast_trunk", "channels_last"]
+__all__ = ["TORSOS", "HEADS", "NatureCNN", "MLP", "QHead", "make_q_network", "cast_trunk", "channels_last"]
 
 _RELU_GAIN = math.sqrt(2.0)
 # torch >= 2.4 asks "is autocast on, and in which dtype" per device type; older versions
@@ -50,16 +52,41 @@ def _exact(output_layer: nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
         return output_layer(hidden.float())
 
 
-class QHead(nn.Module):
-    """Features -> Q-values: ``hidden`` units then ``num_actions`` outputs, or dueling.
+HEADS = ("scalar", "c51", "qr")
+DEFAULT_ATOMS = {"scalar": 1, "c51": 51, "qr": 200}  # C51's 51 atoms, QR-DQN's 200 quantiles
 
-    Each stream is ``Sequential(Linear, ReLU, Linear)``; the last Linear and the dueling
-    combination always run in fp32 (:func:`_exact`), so Q is fp32 under autocast too.
+
+class QHead(nn.Module):
+    """Features -> Q-values ``hidden`` units then the outputs, one stream or dueling.
+
+    ``head`` picks what the outputs are, N per action (``outputs``: (B, A, N), fp32):
+      scalar  N = 1: Q(s, a) itself (DQN)
+      c51     N atoms' logits of a distribution on the fixed support linspace(v_min, v_max, N)
+              (Bellemare et al. 2017); Q = sum_j softmax(logits)_j z_j
+      qr      N quantiles at the midpoints (2i + 1) / 2N (Dabney et al. 2018); Q = their mean
+    ``forward`` gives Q (B, A) for every head, so acting and evaluation never ask which one runs.
+    Dueling combines per output: V (B, 1, N) + A (B, A, N) - mean_a A.
+
+    Each stream is ``Sequential(Linear, ReLU, Linear)``; the last Linear, the dueling
+    combination and Q always run in fp32 (:func:`_exact`), under autocast too.
     """
 
-    def __init__(self, in_features: int, hidden: int, num_actions: int, dueling: bool = False):
+    def __init__(self, in_features: int, hidden: int, num_actions: int, dueling: bool = False,
+                 head: str = "scalar", num_atoms: int | None = None, v_min: float = -10.0, v_max: float = 10.0):
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        num_atoms = num_atoms or DEFAULT_ATOMS[head]
+        if head == "scalar" and num_atoms != 1:
+            raise ValueError(f"a scalar head has one output per action, got num_atoms={num_atoms}")
+        if head != "scalar" and num_atoms < 2:
+            raise ValueError(f"a {head} head needs at least 2 atoms, got {num_atoms}")
+        if head == "c51" and not v_min < v_max:
+            raise ValueError(f"the c51 support needs v_min < v_max, got [{v_min}, {v_max}]")
         self.dueling = dueling
+        self.head = head
+        self.num_actions = num_actions
+        self.num_atoms = num_atoms
 
         def stream(out: int) -> nn.Sequential:
             return nn.Sequential(
@@ -69,10 +96,12 @@ class QHead(nn.Module):
             )
 
         if dueling:
-            self.value = stream(1)
-            self.advantage = stream(num_actions)
+            self.value = stream(num_atoms)
+            self.advantage = stream(num_actions * num_atoms)
         else:
-            self.q = stream(num_actions)
+            self.q = stream(num_actions * num_atoms)
+        if head == "c51":
+            self.register_buffer("support", torch.linspace(v_min, v_max, num_atoms))
 
     def output_layers(self) -> list[nn.Linear]:
         """The layers that stay fp32 (see the module docstring)."""
@@ -83,11 +112,26 @@ class QHead(nn.Module):
     def _stream(stream: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
         return _exact(stream[2], stream[1](stream[0](features)))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def outputs(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, A, N) fp32: Q-values (N = 1), atom logits (c51) or quantiles (qr)."""
+        shape = (features.shape[0], self.num_actions, self.num_atoms)
         if not self.dueling:
-            return self._stream(self.q, features)
-        advantage = self._stream(self.advantage, features)  # fp32, and so is all that follows
-        return self._stream(self.value, features) + advantage - advantage.mean(dim=1, keepdim=True)
+            return self._stream(self.q, features).view(shape)
+        advantage = self._stream(self.advantage, features).view(shape)  # fp32, and so is all that follows
+        value = self._stream(self.value, features).view(shape[0], 1, shape[2])
+        return value + advantage - advantage.mean(dim=1, keepdim=True)
+
+    def q_values(self, outputs: torch.Tensor) -> torch.Tensor:
+        """(B, A, N) outputs -> (B, A) Q-values: the value itself, the mean under the atoms'
+        distribution, or the quantiles' mean. The greedy action is the argmax of these."""
+        if self.head == "c51":
+            return (outputs.softmax(dim=-1) * self.support).sum(dim=-1)
+        if self.head == "qr":
+            return outputs.mean(dim=-1)
+        return outputs.squeeze(-1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.q_values(self.outputs(features))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -146,7 +190,7 @@ class NatureCNN(nn.Module):
     """
 
     def __init__(self, num_actions: int, in_channels: int = 4, hidden: int = 512,
-                 dueling: bool = False, frame_size: int = 84, torso: str = "nature"):
+                 dueling: bool = False, frame_size: int = 84, torso: str = "nature", **head):
         super().__init__()
         if torso not in TORSOS:
             raise ValueError(f"torso must be one of {sorted(TORSOS)}, got {torso!r}")
@@ -158,7 +202,7 @@ class NatureCNN(nn.Module):
         self.torso = nn.Sequential(*layers, nn.Flatten())
         with torch.no_grad():
             n_features = self.torso(torch.zeros(1, in_channels, frame_size, frame_size)).shape[1]
-        self.head = QHead(n_features, hidden, num_actions, dueling)
+        self.head = QHead(n_features, hidden, num_actions, dueling, **head)
 
     def scale(self, obs: torch.Tensor) -> torch.Tensor:
         """Pixels -> the torso's input: /255 in the autocast dtype (else fp32), in the weights'
@@ -179,6 +223,10 @@ class NatureCNN(nn.Module):
     def forward(self, obs: torch.Tensor, scaled: bool = False) -> torch.Tensor:
         return self.head(self.torso(obs if scaled else self.scale(obs)))
 
+    def outputs(self, obs: torch.Tensor, scaled: bool = False) -> torch.Tensor:
+        """The head's (B, A, N) outputs (QHead.outputs); forward is head.q_values of these."""
+        return self.head.outputs(self.torso(obs if scaled else self.scale(obs)))
+
 
 class MLP(nn.Module):
     """Vector observations (B, D) -> Q-values, hidden layers ``hidden`` with ReLU.
@@ -188,7 +236,7 @@ class MLP(nn.Module):
     """
 
     def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int] = (128, 128),
-                 dueling: bool = False):
+                 dueling: bool = False, **head):
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
         if not hidden:
@@ -199,19 +247,26 @@ class MLP(nn.Module):
             layers += [_init_linear(nn.Linear(width, h), _RELU_GAIN), nn.ReLU()]
             width = h
         self.torso = nn.Sequential(*layers)
-        self.head = QHead(width, hidden[-1], num_actions, dueling)
+        self.head = QHead(width, hidden[-1], num_actions, dueling, **head)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.torso(obs.float()))
 
+    def outputs(self, obs: torch.Tensor) -> torch.Tensor:
+        """The head's (B, A, N) outputs (QHead.outputs); forward is head.q_values of these."""
+        return self.head.outputs(self.torso(obs.float()))
+
 
 def make_q_network(obs_shape: Sequence[int], num_actions: int, *, dueling: bool = False,
-                   hidden: int | Sequence[int] | None = None, torso: str = "nature") -> nn.Module:
+                   hidden: int | Sequence[int] | None = None, torso: str = "nature", head: str = "scalar",
+                   num_atoms: int | None = None, v_min: float = -10.0, v_max: float = 10.0) -> nn.Module:
     """Pick the network for an observation shape (without the batch dimension).
 
     3-D ``(C, H, W)`` -> :class:`NatureCNN` (``hidden``: fc width, default 512; ``torso``:
     a key of TORSOS; square frames). 1-D ``(D,)`` -> :class:`MLP` (``hidden``: layer widths, default (128, 128)).
+    ``head``, ``num_atoms`` (0 or None: the head's published size), ``v_min``, ``v_max``: see QHead.
     """
+    head_options = dict(head=head, num_atoms=num_atoms or None, v_min=v_min, v_max=v_max)
     obs_shape = tuple(int(s) for s in obs_shape)
     if len(obs_shape) == 3:
         channels, height, width = obs_shape
@@ -221,13 +276,13 @@ def make_q_network(obs_shape: Sequence[int], num_actions: int, *, dueling: bool 
             hidden = 512
         if not isinstance(hidden, int):
             raise TypeError("for a CNN, hidden is the width of the fc layer (an int)")
-        return NatureCNN(num_actions, channels, hidden, dueling, frame_size=height, torso=torso)
+        return NatureCNN(num_actions, channels, hidden, dueling, frame_size=height, torso=torso, **head_options)
     if len(obs_shape) == 1:
         if hidden is None:
             hidden = (128, 128)
         elif isinstance(hidden, int):
             hidden = (hidden,)
-        return MLP(obs_shape[0], num_actions, hidden, dueling)
+        return MLP(obs_shape[0], num_actions, hidden, dueling, **head_options)
     raise ValueError(f"no Q-network for observations of shape {obs_shape}")
 
 

@@ -67,9 +67,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_q_network(cfg: TrainConfig, obs_shape, num_actions: int) -> torch.nn.Module:
+    head = dict(dueling=cfg.dueling, head=cfg.head, num_atoms=cfg.num_atoms, v_min=cfg.v_min, v_max=cfg.v_max)
     if len(obs_shape) == 3:
-        return make_q_network(obs_shape, num_actions, dueling=cfg.dueling, hidden=cfg.hidden, torso=cfg.torso)
-    return make_q_network(obs_shape, num_actions, dueling=cfg.dueling, hidden=(cfg.hidden, cfg.hidden))
+        return make_q_network(obs_shape, num_actions, hidden=cfg.hidden, torso=cfg.torso, **head)
+    return make_q_network(obs_shape, num_actions, hidden=(cfg.hidden, cfg.hidden), **head)
 
 
 def build_learner(cfg: TrainConfig, obs_shape, num_actions: int, device: torch.device) -> Learner:
@@ -126,6 +127,13 @@ def beta_at(cfg: TrainConfig, schedule_steps: int) -> float:
     return cfg.per_beta0 + (1.0 - cfg.per_beta0) * min(1.0, schedule_steps / cfg.total_steps)
 
 
+def replay_ratio_at(cfg: TrainConfig, schedule_steps: int) -> float:
+    """--replay-ratio-early until --replay-ratio-early-steps, then --replay-ratio."""
+    if cfg.replay_ratio_early and schedule_steps < cfg.replay_ratio_early_steps:
+        return cfg.replay_ratio_early
+    return cfg.replay_ratio
+
+
 def lr_at(cfg: TrainConfig, schedule_steps: int) -> float:
     """--lr until --lr-decay-start, then linearly to --lr-final at --lr-decay-end, then --lr-final."""
     if not cfg.lr_decay_end:
@@ -164,9 +172,9 @@ def restore(state: dict, replay_state: dict | None, learner: Learner, replay: Pr
 
 def learn(cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, counters: dict, new_steps: int,
           stats: dict) -> None:
-    """Keep ``replay_ratio`` sampled transitions per agent step on average: credit the new steps,
-    spend the credit in whole updates (in groups of K on a CUDA graph)."""
-    counters["credit"] += cfg.replay_ratio * new_steps / cfg.batch_size
+    """Keep the replay ratio (replay_ratio_at) sampled transitions per agent step on average: credit
+    the new steps, spend the credit in whole updates (in groups of K on a CUDA graph)."""
+    counters["credit"] += replay_ratio_at(cfg, counters["schedule_steps"]) * new_steps / cfg.batch_size
     beta = beta_at(cfg, counters["schedule_steps"])
     group = update_group(learner)
     while counters["credit"] >= group:
@@ -215,13 +223,18 @@ class RateLimiter:
     ahead of its credit, but only while the measured ratio stays at most ratio * (1 + tolerance).
     """
 
-    def __init__(self, ratio: float, batch_size: int, tolerance: float):
-        self.ratio, self.batch_size, self.tolerance = ratio, batch_size, tolerance
+    def __init__(self, batch_size: int, tolerance: float):
+        self.batch_size, self.tolerance = batch_size, tolerance
         self.credited = 0  # agent steps credited while learning
+        self.allowed = 0.0  # transitions the ratio allows for them (the ratio may follow the agent step)
         self.sampled = 0  # transitions sampled by the updates made since
 
+    def credit(self, new_steps: int, ratio: float) -> None:
+        self.credited += new_steps
+        self.allowed += ratio * new_steps
+
     def may_run_ahead(self, group: int) -> bool:
-        return (self.sampled + group * self.batch_size) <= self.ratio * (1 + self.tolerance) * self.credited
+        return (self.sampled + group * self.batch_size) <= (1 + self.tolerance) * self.allowed
 
     @property
     def measured(self) -> float:
@@ -399,7 +412,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
 
     interval = {"t": time.time(), "steps": counters["agent_steps"], "updates": counters["updates"],
                 "loss": torch.zeros(()), "q": torch.zeros(()), "td": torch.zeros(()), "n": 0}
-    limiter = RateLimiter(cfg.replay_ratio, cfg.batch_size, cfg.ratio_tolerance)
+    limiter = RateLimiter(cfg.batch_size, cfg.ratio_tolerance)
     stop_reason = "total_steps reached"
     # (time, agent_steps) once this process has made WARMUP_UPDATES updates: learning_sps
     # leaves out the first ones, which pay for torch.compile / allocator warm-up.
@@ -453,7 +466,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
                     learning_since = (time.time(), agent_steps)
                 updates_before = counters["updates"]
                 learn(cfg, learner, replay, counters, new_steps, interval)
-                limiter.credited += new_steps
+                limiter.credit(new_steps, replay_ratio_at(cfg, counters["schedule_steps"]))
                 limiter.sampled += (counters["updates"] - updates_before) * cfg.batch_size
             records = source.recv(idle=learn_ahead if learning else None, stop=stop)
             for r in records:
@@ -470,6 +483,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
                 now = time.time()
                 sps = (agent_steps - interval["steps"]) / max(now - interval["t"], 1e-9)
                 values = {"charts/epsilon": epsilon, "charts/learning_rate": lr_at(cfg, counters["schedule_steps"]),
+                          "charts/replay_ratio": replay_ratio_at(cfg, counters["schedule_steps"]),
                           "charts/SPS": sps, "charts/FPS": sps * frame_skip,
                           "charts/updates_per_second": (counters["updates"] - interval["updates"]) / max(now - interval["t"], 1e-9),
                           "replay/fill": len(replay) / cfg.buffer_size, **source.scalars()}

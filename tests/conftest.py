@@ -57,11 +57,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.cuda)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_gpu_by_default():
+    """The whole session runs as on a machine without a GPU (see _cpu_unless_marked_cuda),
+    from before the first fixture of any scope: a module or session fixture (cartpole_run)
+    must not train on CUDA either. Applied here, after collection, so that the CUDA tests'
+    skipif conditions still see the GPU."""
+    real = torch.cuda.is_available, os.environ.get("CUDA_VISIBLE_DEVICES")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(torch.cuda, "is_available", lambda: False)
+    patch.setenv("CUDA_VISIBLE_DEVICES", "")
+    yield real
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
-def _cpu_unless_marked_cuda(request, monkeypatch):
+def _cpu_unless_marked_cuda(request, monkeypatch, _no_gpu_by_default):
     """Every test not marked `cuda` runs as on a machine without a GPU, so that the suite
     gives the same answers on a GPU machine: `--device auto` (and bench's defaults) resolve
-    to the CPU instead of moving a run to CUDA and comparing it with CPU learners.
+    to the CPU instead of moving a run to CUDA and comparing it with CPU learners. A test
+    marked `cuda` gets the GPU back.
 
     Two switches, as neither covers both cases: torch.cuda.is_available() patched to False
     reaches every check in this process (fastdqn.train.resolve_device, bench, native,
@@ -77,9 +92,13 @@ def _cpu_unless_marked_cuda(request, monkeypatch):
     cudnn = torch.backends.cudnn
     flags = cudnn.deterministic, cudnn.benchmark
     cudnn.deterministic, cudnn.benchmark = True, False
-    if request.node.get_closest_marker("cuda") is None:
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    if request.node.get_closest_marker("cuda") is not None:
+        is_available, visible = _no_gpu_by_default
+        monkeypatch.setattr(torch.cuda, "is_available", is_available)
+        if visible is None:
+            monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     yield
     cudnn.deterministic, cudnn.benchmark = flags
 

@@ -435,6 +435,17 @@ import torch
 torch.backends.cudnn.benchmark = True  # as a learner on CUDA leaves it
 
 
+@pytest.fixture(scope="module")
+def device_of_a_module_fixture():
+    from fastdqn.train import resolve_device
+
+    return resolve_device("auto").type
+
+
+def test_module_fixtures_run_as_without_a_gpu_too(device_of_a_module_fixture):
+    assert device_of_a_module_fixture == "cpu"
+
+
 def test_unmarked_tests_run_as_without_a_gpu():
     from fastdqn.train import resolve_device
 
@@ -465,7 +476,8 @@ def test_on_a_gpu_machine_only_cuda_tests_see_the_gpu(tmp_path):
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    cuda: needs a CUDA GPU\n")
     (tmp_path / "test_gpu_machine.py").write_text(ON_A_GPU_MACHINE)
     code, result = outcomes(tmp_path)
-    assert result == dict.fromkeys(("test_unmarked_tests_run_as_without_a_gpu",
+    assert result == dict.fromkeys(("test_module_fixtures_run_as_without_a_gpu_too",
+                                    "test_unmarked_tests_run_as_without_a_gpu",
                                     "test_every_test_starts_with_deterministic_cudnn", "test_marked_cuda_sees_the_gpu",
                                     "test_a_test_that_skips_without_a_gpu_is_a_cuda_test"), "passed")
     assert code == 0

@@ -11,6 +11,7 @@ a resume rebuilds out of that checkpoint give identical weights, bit for bit.
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from fastdqn import checkpoint
@@ -45,7 +46,9 @@ def _continue(cfg, learner, replay, rng, counters, iterations=12):
     return np.concatenate(draws)
 
 
-def test_restore_continues_learning_exactly_like_the_uninterrupted_process(tmp_path, monkeypatch, one_torch_thread):
+@pytest.mark.parametrize("head", ["scalar", "c51"])
+def test_restore_continues_learning_exactly_like_the_uninterrupted_process(tmp_path, monkeypatch, one_torch_thread,
+                                                                         head):
     live = {}
     real_payload = train_mod.checkpoint_payload
 
@@ -54,7 +57,7 @@ def test_restore_continues_learning_exactly_like_the_uninterrupted_process(tmp_p
         return real_payload(cfg, learner, replay, rng, counters, env)
 
     monkeypatch.setattr(train_mod, "checkpoint_payload", spy)
-    cfg = small_cartpole(tmp_path / "run")
+    cfg = small_cartpole(tmp_path / "run", head=head, v_min=0.0, v_max=100.0)
     train(cfg, progress=False)  # its last checkpoint (at the end, with the replay) is the one spied
     assert live["counters"]["credit"] % 1 != 0 and live["counters"]["updates"] > 50
 

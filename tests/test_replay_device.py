@@ -269,3 +269,32 @@ def test_a_frames_device_without_native_kernels_is_a_clear_error(monkeypatch):
             PrioritizedReplay(capacity=40, num_envs=2, obs_shape=(3,), frames_device="cuda")
     with pytest.raises(ValueError, match="frames_device must be a cpu or cuda device"):
         PrioritizedReplay(capacity=40, num_envs=2, obs_shape=(3,), frames_device="meta")
+
+
+@pytest.mark.parametrize("frames_device", [None, "cpu"])
+def test_batches_sampled_ahead_into_slots_equal_copies_of_batches_sampled_in_turn(frames_device, request):
+    # A CUDA graph's group of K batches: sampled into slots 0 .. K-1 they need no copy.
+    if frames_device is not None:
+        request.getfixturevalue("cpu_kernels")
+    num_envs, stack, n_step, frame_shape = 3, 4, 3, (6, 5)
+    kwargs = dict(capacity=num_envs * 20, num_envs=num_envs, obs_shape=frame_shape, stack=stack, n_step=n_step,
+                  seed=3, frames_device=frames_device)
+    ahead, in_turn = PrioritizedReplay(**kwargs), PrioritizedReplay(**kwargs)
+    rng = np.random.default_rng(2)
+    for step in env_steps(num_envs, stack, frame_shape, np.uint8, rng, 120):
+        ahead.add(**step)
+        in_turn.add(**step)
+    for _ in range(5):
+        slots = [ahead.sample(8, 0.5, slot=k) for k in range(4)]
+        copies = [[a.clone() if isinstance(a, torch.Tensor) else a.copy() for a in in_turn.sample(8, 0.5)]
+                  for _ in range(4)]
+        for batch, copy in zip(slots, copies):
+            for got, want in zip(batch, copy):
+                np.testing.assert_array_equal(as_bytes(got), as_bytes(want))
+        td = rng.exponential(1.0, (4, 8))
+        for batch, copy, t in zip(slots, copies, td):
+            ahead.update_priorities(batch.indices, t)
+            in_turn.update_priorities(copy[0], t)
+    assert len({id(s.indices) for s in slots}) == 4 and ahead.sample(8, 0.5, slot=3).indices is slots[3].indices
+    with pytest.raises(ValueError, match="slot must be an int >= 0"):
+        ahead.sample(8, 0.5, slot=-1)

@@ -25,7 +25,7 @@ class NonFiniteTDError(ValueError):
 
 class ReplaySample(NamedTuple):
     """One sampled batch. All arrays are owned by the buffer and overwritten by the next
-    ``sample()`` call with the same batch size: copy (or move to the device) before that.
+    ``sample()`` call with the same batch size and slot: copy (or move to the device) before that.
 
     ``obs`` / ``next_obs`` have shape (B, stack, *frame_shape), or (B, *frame_shape) when
     stack == 1 — the same layout ``add()`` receives. They may be strided views of one
@@ -425,7 +425,8 @@ class PrioritizedReplay:
         # Per add(): at most `stack` records die and one becomes valid, per env.
         self._change_idx = np.empty(self.num_envs * (self.stack + 1), np.int64)
         self._change_val = np.empty(self.num_envs * (self.stack + 1), np.float64)
-        self._outputs: dict[int, _Outputs] = {}
+        # batch size (slot 0) or (batch size, slot) -> preallocated outputs of sample()
+        self._outputs: dict[int | tuple[int, int], _Outputs] = {}
         self._td_priorities = np.empty(0, np.float64)
         self._keep = self.lane  # sampling window per lane (see the window property)
         self.window = window
@@ -542,20 +543,22 @@ class PrioritizedReplay:
 
     # ------------------------------------------------------------------ sampling
 
-    def sample(self, batch_size: int, beta: float) -> ReplaySample:
+    def sample(self, batch_size: int, beta: float, slot: int = 0) -> ReplaySample:
         """Draw ``batch_size`` transitions, one per equal stratum of the priority mass.
 
         Args:
             batch_size: transitions to draw.
             beta: importance-sampling exponent (annealed to 1 by the caller).
+            slot: which set of preallocated outputs to write. Each slot keeps its own, so
+                that K batches sampled ahead (a CUDA graph's group) with slots 0 .. K-1 are
+                all valid at once without a copy of any.
 
         Importance weights are (N P(i))^-beta / max_j (N P(j))^-beta = (p_i / p_min)^-beta,
         with p_min from the min tree.
 
         The returned arrays are preallocated and OVERWRITTEN by the next call with the same
-        batch size (a fresh multi-MB array per call page-faults every time): copy them, or
-        move them to the device, before sampling again (e.g. when sampling several batches
-        ahead).
+        batch size and slot (a fresh multi-MB array per call page-faults every time): copy
+        them, move them to the device, or sample the next batch into another slot.
 
         When n_step < stack, ``obs`` and ``next_obs`` are normally two strided views of one
         (B, stack + n_step) window of frames: stack + n frame copies per sample instead of
@@ -572,17 +575,20 @@ class PrioritizedReplay:
         the gathers are queued on the current stream, so a consumer on that stream needs no
         synchronization).
         """
-        out = self._outputs.get(batch_size)
+        key = batch_size if slot == 0 else (batch_size, slot)
+        out = self._outputs.get(key)
         if out is None:
             if int(batch_size) != batch_size or batch_size < 1:
                 raise ValueError(f"batch_size must be a positive int, got {batch_size}")
+            if int(slot) != slot or slot < 0:
+                raise ValueError(f"slot must be an int >= 0, got {slot}")
             if self._ring_d is None:
                 out = _Outputs(batch_size, self.stack, self.n_step, self.frame_shape, self.obs_dtype,
                                self._use_window)
             else:
                 out = _DeviceOutputs(self._ring_d, batch_size, self.stack, self.n_step, self.frame_shape,
                                      self._use_window)
-            self._outputs[batch_size] = out
+            self._outputs[key] = out
         if not self._sum[1] > 0.0:
             raise ValueError(
                 "nothing to sample yet: a record becomes sampleable once n_step more records of"

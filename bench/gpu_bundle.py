@@ -11,6 +11,7 @@ and envpool's small pure dependencies. The result is one folder to put on ``sys.
     python -m bench.gpu_bundle --out gpu-bundle                 # cp312 manylinux x86_64
     python -m bench.gpu_bundle --out DIR --python-version 3.11  # a twin for this machine
     python -m bench.gpu_bundle --out DIR --wheels DIR           # from wheels already downloaded
+    python -m bench.gpu_bundle --out gpu-bundle --check-with python3.12   # and import it there
 
 ``envpool/entry.py`` is rewritten to register the two kept families only; everything else of
 envpool (MuJoCo, VizDoom, procgen, box2d, gfootball, ...) is left out, and with it envpool's
@@ -137,6 +138,35 @@ def check(bundle: Path) -> list[str]:
     return problems
 
 
+# Run by `python -I -B -c PROBE BUNDLE`: numpy from that Python's site-packages, then
+# site-packages leaves sys.path, so every other module must come from the bundle.
+PROBE = """
+import sys, numpy
+bundle = sys.argv[1]
+sys.path[:] = [bundle] + [p for p in sys.path if "site-packages" not in p]
+import envpool
+names = ("envpool", "envpool_assets", "dm_env", "gymnasium", "farama_notifications", "optree", "typing_extensions")
+outside = {n: sys.modules[n].__file__ for n in names if n in sys.modules
+           and not sys.modules[n].__file__.startswith(bundle)}
+assert not outside, outside
+env = envpool.make("Breakout-v5", env_type="gymnasium", num_envs=2, seed=0)
+obs, info = env.reset()
+for _ in range(20):
+    obs, reward, terminated, truncated, info = env.step(numpy.ones(2, dtype=numpy.int32))
+cartpole = envpool.make("CartPole-v1", env_type="gymnasium", num_envs=2)
+cartpole.reset()
+cartpole.step(numpy.zeros(2, dtype=numpy.int32))
+print("OK", obs.shape, obs.dtype, len(envpool.list_all_envs()))
+"""
+
+
+def probe(bundle: Path, python: str = sys.executable) -> subprocess.CompletedProcess:
+    """Import the bundle with ``python`` (of the bundle's version, with numpy) and nothing
+    else, and step Breakout and CartPole from it; stdout starts with "OK" when it works."""
+    return subprocess.run([python, "-I", "-B", "-c", PROBE, str(bundle.resolve())], capture_output=True, text=True,
+                          timeout=300)
+
+
 def build(out: Path, python_version: str | None = None, wheels: Path | None = None,
           site: Path | None = None) -> dict:
     """The bundle in ``out``, from downloaded wheels (the default), wheels in a folder, or an
@@ -165,6 +195,9 @@ def main(argv=None) -> int:
     parser.add_argument("--python-version", help="of the GPU machine (default 3.12; with --site-packages, this one's)")
     parser.add_argument("--wheels", type=Path, help="use the wheels in this folder instead of downloading")
     parser.add_argument("--site-packages", type=Path, help="trim an installed site-packages instead")
+    parser.add_argument("--check-with", metavar="PYTHON",
+                        help="then import it and step Breakout with this interpreter (the bundle's Python "
+                             "version, numpy installed) and nothing else on the path")
     args = parser.parse_args(argv)
     manifest = build(args.out, args.python_version, args.wheels, args.site_packages)
     for package, n in manifest["kept_bytes"].items():
@@ -172,6 +205,12 @@ def main(argv=None) -> int:
     print(f"{args.out}: {manifest['total_mb']:.2f} MB for Python {manifest['python']}")
     for problem in manifest["problems"]:
         print(f"PROBLEM: {problem}")
+    if args.check_with:
+        proc = probe(args.out, args.check_with)
+        ok = proc.returncode == 0 and proc.stdout.startswith("OK")
+        print(f"{args.check_with}: " + (proc.stdout.strip() if ok else f"FAILED: {proc.stderr.strip()[-2000:]}"))
+        if not ok:
+            return 1
     return 1 if manifest["problems"] else 0
 
 

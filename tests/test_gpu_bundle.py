@@ -20,28 +20,6 @@ from bench import gpu_bundle
 SITE = Path(sysconfig.get_paths()["platlib"])
 HAS_ENVPOOL = (SITE / "envpool" / "atari").is_dir() and (SITE / "envpool_assets" / "atari").is_dir()
 
-# numpy comes from the venv; then site-packages leaves sys.path, so every other module must
-# come from the bundle (or the standard library).
-PROBE = """
-import sys, numpy
-bundle = sys.argv[1]
-sys.path[:] = [bundle] + [p for p in sys.path if "site-packages" not in p]
-import envpool
-names = ("envpool", "envpool_assets", "dm_env", "gymnasium", "farama_notifications", "optree", "typing_extensions")
-outside = {n: sys.modules[n].__file__ for n in names if n in sys.modules
-           and not sys.modules[n].__file__.startswith(bundle)}
-assert not outside, outside
-env = envpool.make("Breakout-v5", env_type="gymnasium", num_envs=2, seed=0)
-obs, info = env.reset()
-for _ in range(20):
-    obs, reward, terminated, truncated, info = env.step(numpy.ones(2, dtype=numpy.int32))
-cartpole = envpool.make("CartPole-v1", env_type="gymnasium", num_envs=2)
-cartpole.reset()
-cartpole.step(numpy.zeros(2, dtype=numpy.int32))
-print("OK", obs.shape, obs.dtype, len(envpool.list_all_envs()))
-"""
-
-
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory):
     """This venv's envpool trimmed as the bundle trims the cp312 wheels."""
@@ -53,8 +31,7 @@ def twin(tmp_path_factory):
 
 def test_the_trimmed_envpool_imports_and_steps_breakout_with_nothing_else_on_the_path(twin):
     out, _ = twin
-    proc = subprocess.run([sys.executable, "-I", "-B", "-c", PROBE, str(out)], capture_output=True, text=True,
-                          timeout=300)
+    proc = gpu_bundle.probe(out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("OK (2, 4, 84, 84) uint8")
 

@@ -83,7 +83,7 @@ class Step:
     env: dict = field(default_factory=dict)
     group: str = ""  # consecutive steps of one group run at the same time
     expect_s: float = 0.0  # the plan's estimate (docs/gpu.md), for PLANNED_S
-    skip_when: tuple[tuple[str, str], ...] = ()  # (regex found in its output, why skipped): not failed
+    skip_when: tuple[tuple[str, str], ...] = ()  # (regex in the output of a failing run, why): skipped
 
 
 def run_step(step: Step, out: Path) -> dict:
@@ -111,7 +111,7 @@ def run_step(step: Step, out: Path) -> dict:
             proc.wait()
             code = None
     result["seconds"] = round(time.perf_counter() - start, 1)
-    if step.skip_when:
+    if step.skip_when and code != 0:  # (a step that passed is never turned into a skip)
         text = log.read_text(errors="replace")
         why = next((why for pattern, why in step.skip_when if re.search(pattern, text)), None)
         if why:

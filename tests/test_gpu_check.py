@@ -199,6 +199,8 @@ def test_a_sanitizer_that_cannot_attach_is_a_skip_said_so(tmp_path, monkeypatch)
     assert result["reason"].startswith('compute-sanitizer cannot attach to this GPU ("Device not supported")')
     real_error = dataclasses.replace(fake, command=py("print('========= Invalid __global__ read'); raise SystemExit(1)"))
     assert gpu_check.run_step(real_error, tmp_path)["status"] == "failed"
+    attached = dataclasses.replace(fake, command=py(f"print({answer!r})"), check=None)  # exit 0: ran after all
+    assert gpu_check.run_step(attached, tmp_path)["status"] == "passed"
 
 
 def write(path: Path, data: dict) -> None:

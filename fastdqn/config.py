@@ -501,7 +501,7 @@ def protocol_record(cfg: TrainConfig) -> dict:
     options = dict(repeat_action_probability=env.repeat_action_probability, noop_max=env.noop_max,
                    full_action_space=env.full_action_space, use_fire_reset=env.use_fire_reset,
                    episodic_life=env.episodic_life, reward_clip=env.reward_clip, frame_skip=env.frame_skip,
-                   frame_size=env.frame_size,
+                   frame_size=env.frame_size, stack_num=env.stack_num,
                    max_episode_steps=env.max_episode_steps, max_episode_frames=env.max_episode_steps * env.frame_skip,
                    **evaluation)
     changed = {name: now for name, (_, now) in protocol_deviations(env).items()}

@@ -78,6 +78,7 @@ class Chunk(NamedTuple):
     steps: int  # agent steps taken (actions sent); reset records are not steps
     actor: int
     incarnation: int  # 0 for the actor's first process, a fresh number for each restart
+    seq: int  # the chunk's number in its actor process (0, 1, ...): a gap is a chunk lost on the way
     pid: int
     weights_version: int  # the learner's weights it acted with (0: its own initial ones)
     seconds: float  # spent producing the chunk (acting and stepping), not waiting for requests
@@ -125,6 +126,7 @@ class RemoteActor:
             q_network.to(memory_format=torch.channels_last)  # as the learner's (faster fp32 convolutions)
         self.epsilons = epsilon_ladder(cfg.apex_eps, cfg.apex_alpha, cfg.actors * n)[index * n:(index + 1) * n]
         self.version = 0
+        self.seq = 0
         self.actor = Actor(VecEnv(env_cfg), q_network, np.random.default_rng(seeds), device, self.precision)
         self.pending: Records | None = self.actor.reset()
 
@@ -146,8 +148,9 @@ class RemoteActor:
             sent += self.actor.send(self.epsilons)
             parts.append(_own(self.actor.recv()))
         records = _join(parts)
+        self.seq += 1
         return Chunk(records, np.array([len(p.env_ids) for p in parts], np.int64), sent, self.index,
-                     self.incarnation, os.getpid(), self.version, time.perf_counter() - start)
+                     self.incarnation, self.seq - 1, os.getpid(), self.version, time.perf_counter() - start)
 
 
 def _own(records: Records) -> Records:
@@ -158,33 +161,50 @@ def _own(records: Records) -> Records:
 class Lanes:
     """Where the actors' records go in the replay: env e of actor k is lane k * n + e. Checks that
     every env of a new actor process (the first, or one Ray restarted) opens with a new-game
-    record, so that no stored transition spans a restart."""
+    record, so that no stored transition spans a restart. A chunk lost from a live process (a
+    request that failed after the actor ran it) shows as a gap in its numbers: that actor's lanes
+    then drop its records until each env's next new game (the ring links every record to the next
+    one in its lane: a transition, a stack or an n-step return across the gap would be wrong)."""
 
     def __init__(self, num_actors: int, envs_per_actor: int):
         self.n = envs_per_actor
         self.incarnation: dict[int, int] = {}
+        self.next_seq: dict[int, int] = {}
         self.seen = np.zeros(num_actors * envs_per_actor, bool)  # lanes fed by their actor's current process
+        self.gap = np.zeros(num_actors * envs_per_actor, bool)  # lanes waiting for a new game after a lost chunk
+        self.lost = 0  # chunks lost before the one split last
 
     def split(self, chunk: Chunk) -> tuple[list[Records], bool]:
         """The chunk as one Records per env step, with lane ids; and whether it comes from a
         restarted actor process (one that is not the actor's first)."""
         k, n = chunk.actor, self.n
         restarted = False
+        self.lost = 0
         if self.incarnation.get(k) != chunk.incarnation:
             restarted = k in self.incarnation
             self.incarnation[k] = chunk.incarnation
             self.seen[k * n:(k + 1) * n] = False
+            self.gap[k * n:(k + 1) * n] = False
+        elif chunk.seq != self.next_seq[k]:
+            self.lost = chunk.seq - self.next_seq[k]
+            self.gap[k * n:(k + 1) * n] = True
+        self.next_seq[k] = chunk.seq + 1
         out, start = [], 0
         for size in chunk.sizes:
             rows = Records(*(field[start:start + size] for field in chunk.records))
+            start += size
             lanes = rows.env_ids.astype(np.int64) + k * n
+            self.gap[lanes[rows.new_game]] = False  # (a new game starts the lane afresh)
+            kept = ~self.gap[lanes]
+            if not kept.all():
+                rows, lanes = Records(*(field[kept] for field in rows)), lanes[kept]
             first = ~self.seen[lanes]
             if not rows.new_game[first].all():
                 raise RuntimeError(f"actor {k}: env(s) {rows.env_ids[first & ~rows.new_game].tolist()} of a new "
                                    "actor process did not start with a new-game record")
             self.seen[lanes] = True
-            out.append(rows._replace(env_ids=lanes))
-            start += size
+            if len(lanes):
+                out.append(rows._replace(env_ids=lanes))
         return out, restarted
 
 
@@ -373,6 +393,9 @@ class RaySource:
     def _ingest(self, chunk: Chunk) -> list[Records]:
         k = chunk.actor
         records, restarted = self.lanes.split(chunk)
+        if self.lanes.lost:
+            self.say(f"actor {k}: {self.lanes.lost} chunk(s) lost on the way (a failed request it had run); its envs' "
+                     "records wait for their next new game, so that no transition spans the gap")
         if restarted:
             self.restarts[k] += 1
             self.say(f"actor {k} restarted (pid {chunk.pid}): its envs start new games; no transition spans the gap")

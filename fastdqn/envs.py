@@ -59,7 +59,9 @@ class EnvConfig:
     repeat_action_probability: float = field(default=0.0, metadata={"help": "Atari: sticky-action probability (0 = v4 semantics)"})
     full_action_space: bool = field(default=False, metadata={"help": "Atari: all 18 actions instead of the game's minimal set"})
     use_fire_reset: bool = field(default=True, metadata={"help": "Atari: press FIRE at each reset, in games that have it"})
-    max_episode_steps: int = field(default=27000, metadata={"help": "time limit in agent steps (27000 = 108k frames); CartPole uses its own 500"})
+    max_episode_steps: int = field(default=27000, metadata={
+        "help": "time limit in agent steps (27000 = 108k frames); classic control keeps the task's own (CartPole-v1: "
+                "500) unless this is lower"})
     frame_skip: int = field(default=4, metadata={"help": "Atari: emulator frames per agent step"})
     stack_num: int = field(default=4, metadata={"help": "Atari: frames stacked into one observation"})
     frame_size: int = field(default=84, metadata={
@@ -98,9 +100,15 @@ def protocol_options(protocol: str) -> dict:
     return dict(PROTOCOLS[protocol])
 
 
+# What the agent sees, the same under both protocols: every 4th frame, grey, 84x84, 4 stacked (the
+# DQN papers'). Not set by --protocol; a change of it is a change of the game's input all the same.
+GAME_INPUT = dict(frame_skip=4, stack_num=4, frame_size=84)
+
+
 def protocol_deviations(cfg: "EnvConfig") -> dict:
-    """The options where ``cfg`` departs from its named protocol: {name: (protocol's, cfg's)}."""
-    return {name: (value, getattr(cfg, name)) for name, value in protocol_options(cfg.protocol).items()
+    """The options where ``cfg`` departs from its named protocol and the standard game input:
+    {name: (protocol's, cfg's)}."""
+    return {name: (value, getattr(cfg, name)) for name, value in {**protocol_options(cfg.protocol), **GAME_INPUT}.items()
             if getattr(cfg, name) != value}
 
 
@@ -226,6 +234,8 @@ class VecEnv:
                 img_height=cfg.frame_size,
                 img_width=cfg.frame_size,
             )
+        else:  # (an evaluation's --eval-max-steps arrives here as a lower time limit)
+            kwargs["max_episode_steps"] = classic_time_limit(cfg)
         if render:
             kwargs["render_mode"] = "rgb_array"
         self.env = envpool.make(cfg.env_id, **kwargs)
@@ -292,10 +302,22 @@ class VecEnv:
         self.env.close()
 
 
+def classic_time_limit(cfg: EnvConfig) -> int:
+    """A classic-control task's time limit: its own (CartPole-v1: 500), or --max-episode-steps if lower."""
+    import envpool
+
+    return min(cfg.max_episode_steps, envpool.make_spec(cfg.env_id).config.max_episode_steps)
+
+
 def describe_protocol(cfg: EnvConfig) -> str:
     """The protocol in words, for model cards and reports."""
     if not is_atari(cfg.env_id):
-        return f"{cfg.env_id} (EnvPool classic control), episodes capped at the task's own limit"
+        import envpool
+
+        own = envpool.make_spec(cfg.env_id).config.max_episode_steps
+        limit = classic_time_limit(cfg)
+        return (f"{cfg.env_id} (EnvPool classic control), episodes capped at "
+                + ("the task's own limit" if limit == own else f"{limit} steps (the task's own: {own})"))
     sticky = f"sticky actions p={cfg.repeat_action_probability:g}" if cfg.repeat_action_probability else "no sticky actions"
     actions = "full 18-action set" if cfg.full_action_space else "minimal action set"
     lives = ("a lost life is a training terminal and the next life starts with a reset (no-ops, FIRE)"
@@ -305,7 +327,7 @@ def describe_protocol(cfg: EnvConfig) -> str:
                + ")") if deviations else ""
     return (f"{cfg.protocol} protocol{changed}: {sticky}, frame skip {cfg.frame_skip}, up to {cfg.noop_max} no-op "
             f"starts, {actions}, {'FIRE at reset' if cfg.use_fire_reset else 'no FIRE at reset'}, {lives}; "
-            f"{cfg.max_episode_steps:,} agent steps ({cfg.max_episode_steps * cfg.frame_skip:,} frames) at most per "
+            f"{cfg.frame_size}x{cfg.frame_size} grey frames, {cfg.stack_num} stacked; {cfg.max_episode_steps:,} agent steps ({cfg.max_episode_steps * cfg.frame_skip:,} frames) at most per "
             f"game; training rewards {'clipped to their sign' if cfg.reward_clip else 'unclipped'}; evaluation plays "
             "the same game with unclipped rewards and scores it whole (all lives)")
 

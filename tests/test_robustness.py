@@ -234,3 +234,108 @@ def test_every_float_flag_refuses_nan_and_infinities(in_env, name, flag, bad):
 def test_a_seed_beyond_int32_trains_and_evaluates(tmp_path):
     summary = train(cartpole(tmp_path / "run", seed=2**40, final_eval=True, eval_max_steps=20), progress=False)
     assert [e["agent_steps"] for e in summary["evals"]] == [600]
+
+
+# --------------------------------------------------------------------------- 2. a chunk lost from a live actor
+
+def test_a_chunk_lost_from_a_live_actor_is_not_bridged_in_the_replay():
+    """Actor chunks carry their number; after a gap (a request that failed after the actor ran it)
+    each of the actor's lanes takes records again only from its env's next new game."""
+    from fastdqn.actor import store
+    from fastdqn.distributed import Lanes, RemoteActor
+    from fastdqn.envs import VecEnv
+    from fastdqn.train import build_q_network
+
+    cfg = make_config("cartpole", actors=1, chunk_steps=40, apex_eps=0.9, torch_threads=1,
+                      env=dict(num_envs=3))
+    probe = VecEnv(cfg.env)
+    obs_shape, num_actions = probe.obs_shape, probe.num_actions
+    probe.close()
+    actor = RemoteActor(cfg, 0, obs_shape, num_actions, seed=0, restarted=False)
+    weights = build_q_network(cfg, obs_shape, num_actions).state_dict()
+    lanes = Lanes(1, 3)
+    replay = PrioritizedReplay(3000, 3, obs_shape, stack=1, n_step=3, gamma=0.99, seed=0, obs_dtype=np.float32)
+    after_gap = []  # per stored env step after the gap: (lanes, new_game)
+    for seq in range(6):
+        chunk = actor.collect(cfg.chunk_steps, [weights], version=1)
+        assert chunk.seq == seq
+        if seq == 2:
+            continue  # lost on the way
+        records, _ = lanes.split(chunk)
+        assert lanes.lost == (1 if seq == 3 else 0)
+        for r in records:
+            store(replay, r)
+            if seq >= 3:
+                after_gap.append((r.env_ids.tolist(), r.new_game.tolist()))
+    actor.actor.close()
+    for lane in range(3):  # each lane's first record after the gap starts a new game
+        firsts = [new for ids, news in after_gap for e, new in zip(ids, news) if e == lane]
+        assert firsts and firsts[0], (lane, firsts[:3])
+
+
+# --------------------------------------------------------------------------- 8. --eval-max-steps on classic control
+
+def test_eval_max_steps_caps_classic_control_games():
+    import torch
+
+    from fastdqn.envs import EnvConfig, VecEnv
+    from fastdqn.evaluate import evaluate
+    from fastdqn.networks import make_q_network
+
+    env = VecEnv(EnvConfig(env_id="CartPole-v1", num_envs=2, max_episode_steps=5))
+    env.reset()
+    lengths = []
+    for _ in range(40):
+        step = env.step(np.ones(2, np.int64) * (len(lengths) % 2))
+        lengths += step.episode_lengths[step.game_over].tolist()
+    env.close()
+    assert lengths and max(lengths) <= 5
+    # random play lasts more than 7 steps (a pole falls after 8 at the soonest): --eval-max-steps 7 cuts every game
+    q_network = make_q_network((4,), 2, hidden=(8, 8))
+    result = evaluate(q_network, EnvConfig(env_id="CartPole-v1", num_envs=4), episodes=4, epsilon=1.0, max_steps=7,
+                      device=torch.device("cpu"), seed=1)
+    assert max(result["lengths"]) <= 7, result["lengths"]
+
+
+# --------------------------------------------------------------------------- 11. the game's input in the protocol
+
+def test_frame_size_and_stack_num_are_recorded_as_changes_of_the_protocol():
+    from fastdqn.config import protocol_record
+
+    record = protocol_record(make_config(env=dict(env_id="Breakout-v5", frame_size=42, stack_num=2)))
+    assert record["changed"] == {"stack_num": 2, "frame_size": 42}
+    assert record["options"]["frame_size"] == 42 and record["options"]["stack_num"] == 2
+    assert "(changed: stack_num 2 instead of 4, frame_size 42 instead of 84)" in record["description"]
+    assert "42x42 grey frames, 2 stacked" in record["description"]
+    assert protocol_record(make_config(env=dict(env_id="Breakout-v5")))["changed"] == {}
+
+
+# --------------------------------------------------------------------------- 6. resume memory
+
+def test_loading_a_saved_replay_does_not_hold_a_second_copy_of_it_in_memory(tmp_path):
+    """A resume reads the saved replay into the replay it built: the frames are never all in memory
+    twice (measured with tracemalloc, which sees NumPy's allocations, against the replay's size)."""
+    import tracemalloc
+
+    def new_replay(seed):
+        return PrioritizedReplay(8000, 4, (84, 84), stack=4, n_step=3, gamma=0.99, seed=seed)
+
+    replay = new_replay(0)
+    rng = np.random.default_rng(0)
+    for t in range(600):
+        replay.add(rng.integers(0, 255, (4, 4, 84, 84), np.uint8), np.zeros(4, np.int64), np.ones(4, np.float32),
+                   np.zeros(4, bool), np.zeros(4, bool), np.full(4, t == 0), np.full(4, t == 0))
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save(path, {"counters": {"agent_steps": 600}}, replay.state_dict())
+    loaded = new_replay(1)
+    tracemalloc.start()
+    try:
+        state, note = checkpoint.load_replay(path, checkpoint.load(path))
+        loaded.load_state_dict(state)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    frames = replay.state_dict()["frames"].nbytes
+    assert peak < frames / 10, (peak, frames)
+    for key, value in replay.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key], value, err_msg=key)

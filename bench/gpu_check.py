@@ -254,8 +254,7 @@ def print_summary(summary: dict, out: Path, show=print) -> None:
     for r in summary["steps"]:
         show(f"  {r['name']:18s} {r['status']:8s} {r['seconds']:6.1f} s  {r['reason'][:90]}")
     for name, value in (summary.get("figures") or {}).items():
-        if not name.startswith("target:"):
-            show(f"  {name}: {_show(value)}"[:160])
+        show(f"  {name}: {_show(value)}"[:160])
     show(verdict_line(summary))
     show(f"results: {out}")
 

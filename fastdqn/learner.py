@@ -203,6 +203,8 @@ class Learner:
         cuda_graph: capture ``updates_per_graph`` updates in one CUDA graph (CUDA only).
         updates_per_graph: K, the number of batches :meth:`update_many` takes on the graph.
         device: torch device; default: the network's device.
+        batch_size: the updates' batch size, if known: "auto" precision on a GPU weighs it
+            (hardware.resolve_precision).
     """
 
     def __init__(self, q_network: nn.Module, *, lr: float = 1e-4, optimizer: str = "adam",
@@ -210,7 +212,7 @@ class Learner:
                  max_grad_norm: float | None = 10.0, double_q: bool = True,
                  target_update_period: int = 8000, tau: float = 0.0, precision: str = "auto",
                  compile: bool = False, cuda_graph: bool = False, updates_per_graph: int = 4,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, batch_size: int | None = None):
         if loss not in _LOSSES:
             raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
         if not 0.0 <= tau <= 1.0:
@@ -226,8 +228,8 @@ class Learner:
             raise ValueError("updates_per_graph must be >= 1")
 
         conv_net = any(isinstance(m, nn.Conv2d) for m in q_network.modules())
-        self.precision_choice = hardware.resolve_precision(precision, self.device,
-                                                            conv_net=conv_net)
+        self.precision_choice = hardware.resolve_precision(precision, self.device, conv_net=conv_net,
+                                                            batch_size=batch_size)
         precision = self.precision_choice.name
         self.q_network = q_network.to(self.device)
         self._channels_last = self.device.type == "cpu" and conv_net and precision == "fp32"

@@ -44,7 +44,7 @@ from fastdqn.learner import Learner
 from fastdqn.networks import make_q_network
 from fastdqn.paths import require_writable
 from fastdqn.progress import Progress
-from fastdqn.replay import PrioritizedReplay, ReplaySample
+from fastdqn.replay import PrioritizedReplay
 from fastdqn.replay.buffer import NonFiniteTDError
 from fastdqn.runlog import RunLog
 from fastdqn.tracking import require_wandb
@@ -89,6 +89,7 @@ def build_learner(cfg: TrainConfig, obs_shape, num_actions: int, device: torch.d
         cuda_graph=cfg.cuda_graph and device.type == "cuda",
         updates_per_graph=cfg.updates_per_graph,
         device=device,
+        batch_size=cfg.batch_size,
     )
 
 
@@ -194,15 +195,13 @@ def update(cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, counte
     if cfg.lr_decay_end:
         learner.set_lr(lr_at(cfg, counters["schedule_steps"]))
     # On a GPU K = updates_per_graph batches are sampled ahead and run as one CUDA graph;
-    # sample() reuses its output arrays, so each batch is copied first.
+    # each into its own slot of the replay's reused outputs, so none overwrites another.
     if group == 1:
         batch = replay.sample(cfg.batch_size, beta)
         out = learner.update(batch)
         replay.update_priorities(batch.indices, _numpy(out["td_abs"]))
     else:
-        batches = [ReplaySample(*(a.clone() if isinstance(a, torch.Tensor) else a.copy()
-                                  for a in replay.sample(cfg.batch_size, beta)))
-                   for _ in range(group)]
+        batches = [replay.sample(cfg.batch_size, beta, slot=k) for k in range(group)]
         out = learner.update_many(batches)
         for b, td_abs in zip(batches, _numpy(out["td_abs"])):
             replay.update_priorities(b.indices, td_abs)

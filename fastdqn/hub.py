@@ -95,8 +95,8 @@ def model_card(cfg: TrainConfig, summary: dict, repo_id: str, files: list[str]) 
         "",
         f"# DQN on {env_id} (fastdqn)",
         "",
-        f"A {'dueling ' if cfg.dueling else ''}{'double ' if cfg.double_q else ''}DQN agent trained with "
-        f"fastdqn on EnvPool's `{env_id}`.",
+        f"A {'dueling ' if cfg.dueling else ''}{'double ' if cfg.double_q else ''}DQN agent{_head_words(cfg)} trained "
+        f"with fastdqn on EnvPool's `{env_id}`.",
         "",
         f"- **Score**: {score} (mean ± std over {summary.get('eval_episodes', '?')} full games, "
         f"evaluation epsilon {cfg.eval_eps:g}); best evaluation mean during training "
@@ -133,6 +133,16 @@ def push(run_dir: str | Path, repo_id: str, *, private: bool = False) -> str:
         api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload fastdqn agent")
     return f"https://huggingface.co/{repo_id}"
+
+
+def _head_words(cfg) -> str:
+    """How the model card names a distributional head (nothing for the scalar one)."""
+    head = getattr(cfg, "head", "scalar")  # (configs saved before the heads existed)
+    if head == "c51":
+        return f" with a C51 head ({cfg.num_atoms or 51} atoms on [{cfg.v_min:g}, {cfg.v_max:g}])"
+    if head == "qr":
+        return f" with a QR-DQN head ({cfg.num_atoms or 200} quantiles)"
+    return ""
 
 
 def load_agent(source: str | Path) -> tuple[TrainConfig, tuple[int, ...], int, dict]:

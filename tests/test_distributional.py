@@ -334,6 +334,7 @@ def test_a_c51_agent_goes_through_eval_hub_export_and_ape_x_actors(tmp_path, cap
     from_checkpoint = eval_returns(run)
     folder = hub.export(run, tmp_path / "upload", "someone/cartpole-c51")
     assert eval_returns(folder) == from_checkpoint  # the exported weights are the checkpoint's c51 network
+    assert "with a C51 head (51 atoms on [0, 100])" in (folder / "README.md").read_text()
     # Ape-X actors (in-process stand-ins for Ray's) act with the c51 network the learner publishes
     monkeypatch.setattr(distributed, "require_ray", lambda: FakeRay(0))
     summary = train_mod.train(cartpole_actors(tmp_path / "apex", head="c51", v_min=0.0, v_max=100.0), progress=False)

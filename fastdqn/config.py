@@ -208,7 +208,7 @@ PRESETS: dict[str, dict] = {
 # so the agent steps ~1.4x as fast. Half as many updates, so the target period (in updates)
 # is halved to keep it at 8k agent steps, and the lr is 5e-4 (twice breakout-cpu's 2.5e-4: on
 # four seeds it reached human level by minute 18.9, where 3.5e-4 did within 20 minutes on two).
-# Measured on 2 cores, fp32: docs/results/breakout-cpu-nips-avx2 (issue #14).
+# Measured on 2 cores, fp32: docs/results/breakout-cpu/ (TUNING.md).
 PRESETS["breakout-cpu-nips"] = dict(PRESETS["breakout-cpu"], torso="nips", hidden=256, replay_ratio=4.0,
                                     batch_size=64, target_update_period=500, lr=5e-4)
 

@@ -134,6 +134,54 @@ def _put_in_place(path: Path, payload: dict, keep_previous: bool) -> None:
     _fsync_dir(path.parent)
 
 
+def set_aside(path: str | Path) -> Path | None:
+    """Rename an unreadable checkpoint to ``<name>.unreadable`` (kept for a look), once a resume came
+    from its ``.prev``: the next save would otherwise keep the damaged file as the new ``.prev``."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    aside = path.with_name(path.name + ".unreadable")
+    os.replace(path, aside)
+    _fsync_dir(path.parent)
+    return aside
+
+
+class RunLock:
+    """One process per run directory: an exclusive lock (flock on ``RUN_DIR/.lock``, released when the
+    process ends, however it ends). A second run in the same directory would delete the first one's
+    replay files and overwrite its checkpoints: it is refused, naming the holder."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".lock"
+        self.file = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # (no flock on this platform: unguarded)
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "?"
+            self.file.close()
+            self.file = None
+            raise ValueError(f"--run-dir {self.path.parent} is in use by another fastdqn process (pid {holder}): "
+                             "wait for it to end, or use another --run-dir") from None
+        self.file.truncate(0)
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()  # (closing releases the lock)
+            self.file = None
+
+
 def load(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():

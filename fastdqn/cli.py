@@ -27,7 +27,7 @@ BENCHMARKS = ("env", "collect", "replay", "gather", "learner", "train", "apex")
 
 def _train(args: argparse.Namespace) -> int:
     from fastdqn import config as config_lib
-    from fastdqn.train import TrainingDiverged, train
+    from fastdqn.train import SOURCE_LOST, TrainingDiverged, train
 
     if getattr(args, "TrainConfig.resume"):
         run_dir = getattr(args, "TrainConfig.run_dir")
@@ -42,6 +42,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    if summary.get("stop_reason", "").startswith(SOURCE_LOST):  # (ended early, its checkpoint written)
+        return 1
     return 130 if summary.get("stop_reason") == "interrupted" else 0
 
 

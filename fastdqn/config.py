@@ -340,9 +340,12 @@ def resume_config(run_dir: str, args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
-# What a resumed run cannot change: the network's and the replay's shapes and meaning.
+# What a resumed run cannot change: the network's and the replay's shapes and meaning, and the game
+# it plays (a run's scores are of one game: frame skip, sticky actions, lives, clipping, starts, length).
 FIXED_ON_RESUME = {
-    "EnvConfig": ("env_id", "num_envs", "stack_num", "frame_size", "protocol", "full_action_space"),
+    "EnvConfig": ("env_id", "num_envs", "stack_num", "frame_size", "protocol", "full_action_space", "frame_skip",
+                  "repeat_action_probability", "episodic_life", "reward_clip", "noop_max", "use_fire_reset",
+                  "max_episode_steps"),
     "TrainConfig": ("buffer_size", "n_step", "gamma", "per_alpha", "per_eps", "dueling", "head", "num_atoms", "v_min",
                     "v_max", "hidden", "torso", "optimizer"),
 }
@@ -357,7 +360,7 @@ def check_resumable(saved: dict, cfg: TrainConfig, run_dir) -> None:
             if getattr(now, name) != before[name]:
                 flag = flag_of(name)
                 raise ValueError(f"{flag} cannot change on --resume (the run in {run_dir} was started with {flag} "
-                                 f"{before[name]}; its checkpoint holds that network and replay): drop {flag}, or "
+                                 f"{before[name]}; its checkpoint holds that network, replay and game): drop {flag}, or "
                                  "start a new run in another --run-dir")
 
 

@@ -47,6 +47,24 @@ def require_ray():
     return require("ray", "ray", "--actors")
 
 
+def require_reachable(address: str, seconds: float = 5.0) -> None:
+    """ValueError naming --ray-address when nothing answers at its host:port (Ray itself would retry
+    for minutes); "auto", a ray:// client address and none at all are left to Ray."""
+    import socket
+
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray-address {address} is not host:port (the address `ray start --head` prints), "
+                         "auto, or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as exc:
+        raise ValueError(f"--ray-address {address}: nothing answers there ({exc.strerror or exc}); start the "
+                         "cluster with `ray start --head`, or drop --ray-address for a local Ray") from None
+
+
 def init_ray(**kwargs) -> None:
     """``ray.init``, keeping this process's Ctrl-C and SIGTERM handlers: Ray installs its own for
     SIGTERM (exit at once), which would take the run's stop handling away (interrupts.py): a
@@ -387,8 +405,10 @@ class RaySource:
             self.say(f"actor {k} is gone for good (Ray did not restart it); going on with "
                      f"{self.num_actors - len(self.dead)} actors")
             if len(self.dead) == self.num_actors:
-                raise RuntimeError(f"every actor died and Ray could not restart them (--actor-restarts "
-                                   f"{self.cfg.actor_restarts})")
+                from fastdqn.train import SourceLost
+
+                raise SourceLost(f"every actor died and Ray could not restart them (--actor-restarts "
+                                 f"{self.cfg.actor_restarts})")
 
     def _ingest(self, chunk: Chunk) -> list[Records]:
         k = chunk.actor

@@ -57,6 +57,13 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+class SourceLost(RuntimeError):
+    """The records' source can give no more (every Ray actor died and Ray could not restart them)."""
+
+
+SOURCE_LOST = "every actor died"  # the summary's stop_reason starts so
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -260,9 +267,10 @@ def prepare_run(cfg: TrainConfig) -> TrainConfig:
     if cfg.capture_video:
         require_encoder()
     if cfg.actors:
-        from fastdqn.distributed import require_ray
+        from fastdqn.distributed import require_ray, require_reachable
 
         require_ray()
+        require_reachable(cfg.ray_address)
     if not cfg.run_dir:  # runs/{env_id}__{exp_name}__{seed}__{date-time}, new
         cfg = dataclasses.replace(cfg, run_dir=str(new_run_dir(cfg)))
     return cfg
@@ -272,7 +280,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train; Ctrl-C or SIGTERM ends the run within seconds with a checkpoint (summary
     stop_reason "interrupted"); a second one raises interrupts.Abort at once."""
     cfg = prepare_run(cfg)
-    with StopRequests() as stop:
+    with checkpoint.RunLock(cfg.run_dir), StopRequests() as stop:
         try:
             return _train(cfg, progress, stop)
         except Abort:
@@ -300,6 +308,8 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
     if cfg.resume:
         state, ckpt_file = checkpoint.load_latest(ckpt_path)
         replay_state, replay_note = checkpoint.load_replay(ckpt_file, state)
+        if ckpt_file != ckpt_path:
+            checkpoint.set_aside(ckpt_path)
         # EnvPool cannot save games in progress: the envs start new games, seeded afresh from
         # the saved acting stream (not the opening games of the first run again).
         rng.bit_generator.state = state["numpy_rng"]
@@ -407,7 +417,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
     def show_progress() -> None:
         steps = counters["agent_steps"]
         bar.update(steps, np.mean(recent_returns) if recent_returns else None,
-                   epsilon_at(cfg, counters["schedule_steps"]))
+                   source.epsilon(counters["schedule_steps"]))
 
     interval = {"t": time.time(), "steps": counters["agent_steps"], "updates": counters["updates"],
                 "loss": torch.zeros(()), "q": torch.zeros(()), "td": torch.zeros(()), "n": 0}
@@ -515,6 +525,9 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
                 break
     except NonFiniteTDError as exc:  # (a NaN reaches the priorities before the loss is logged)
         raise diverged(str(exc)) from None
+    except SourceLost as exc:  # (every Ray actor died for good): what was learned is kept
+        stop_reason = f"{SOURCE_LOST}: {exc}"
+        bar.write(f"error: {exc}; writing the final checkpoint")
     finally:
         source.close()
     show_progress()
@@ -526,7 +539,8 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
         t0, s0 = learning_since
         log.summary["learning_sps"] = round((counters["agent_steps"] - s0) / max(time.time() - t0, 1e-9), 1)
     evals = log.summary.get("evals", [])
-    if not stop and cfg.final_eval and not (evals and evals[-1]["agent_steps"] == counters["agent_steps"]):
+    if (not stop and cfg.final_eval and not stop_reason.startswith(SOURCE_LOST)
+            and not (evals and evals[-1]["agent_steps"] == counters["agent_steps"])):
         run_evaluation(final=True)  # (unless the evaluation that reached --target-score was at this step)
     if stop:
         stop_reason = "interrupted"
@@ -554,8 +568,15 @@ class PoolSpec(NamedTuple):
 def describe_resume(cfg: TrainConfig, ckpt_file: Path, state: dict, counters: dict, replay_state: dict | None,
                     replay_note: str, env_seed: int) -> str:
     """What a resume restored, and what it could not."""
+    if cfg.actors:
+        from fastdqn.distributed import epsilon_ladder
+
+        ladder = epsilon_ladder(cfg.apex_eps, cfg.apex_alpha, cfg.actors * cfg.env.num_envs)
+        epsilon = f"the actors' epsilon ladder {ladder[0]:.3g} ... {ladder[-1]:.3g} (--apex-eps, --apex-alpha)"
+    else:
+        epsilon = f"epsilon {epsilon_at(cfg, counters['schedule_steps']):.3f}"
     restored = ["online and target networks", "optimizer", "counters and replay-ratio credit",
-                f"epsilon {epsilon_at(cfg, counters['schedule_steps']):.3f}, beta "
+                f"{epsilon}, beta "
                 f"{beta_at(cfg, counters['schedule_steps']):.3f} and lr {lr_at(cfg, counters['schedule_steps']):.3g}",
                 "RNG streams (acting, replay sampling, torch)"]
     lines = [f"resumed {ckpt_file} at step {counters['agent_steps']:,}",

@@ -339,3 +339,104 @@ def test_loading_a_saved_replay_does_not_hold_a_second_copy_of_it_in_memory(tmp_
     assert peak < frames / 10, (peak, frames)
     for key, value in replay.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[key], value, err_msg=key)
+
+
+# --------------------------------------------------------------------------- 14. the lesser ones
+
+def test_a_second_process_in_a_run_directory_is_refused_naming_the_first(tmp_path):
+    import fcntl
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "w") as held:  # another process's lock (flock is per open file)
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        with pytest.raises(ValueError, match=r"--run-dir .*run is in use by another fastdqn process \(pid 4242\)"):
+            train(cartpole(run_dir), progress=False)
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # nothing written
+    assert train(cartpole(run_dir, total_steps=400), progress=False)["agent_steps"] == 400  # released: it runs
+
+
+def test_after_a_resume_from_prev_the_damaged_checkpoint_never_becomes_prev(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    cfg = cartpole(run_dir, checkpoint_interval=100)
+    train(cfg, progress=False)
+    ckpt = run_dir / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    train(dataclasses.replace(cfg, resume=True, total_steps=700), progress=False)
+    assert "resuming from the previous checkpoint" in capsys.readouterr().err
+    assert checkpoint.load(ckpt)["counters"]["agent_steps"] == 700
+    checkpoint.load(ckpt.with_name("checkpoint.pt.prev"))  # loadable: not the damaged file
+    assert (run_dir / "checkpoint.pt.unreadable").exists()  # kept aside for a look
+
+
+def test_losing_every_actor_ends_the_run_with_its_final_checkpoint(tmp_path, monkeypatch):
+    from fastdqn.actor import LocalSource
+
+    real_recv = LocalSource.recv
+    calls = []
+
+    def recv(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 100:  # (past the learning start at step 300: 4 envs a step)
+            raise train_mod.SourceLost("every actor died and Ray could not restart them (--actor-restarts 10)")
+        return real_recv(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalSource, "recv", recv)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--preset", "cartpole", "--run-dir", str(run_dir), "--total-steps", "2000",
+                 "--learning-starts", "300", "--eval-interval", "0", "--checkpoint-interval", "0", "--torch-threads",
+                 "1", "--no-progress"]) == 1
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stop_reason"].startswith("every actor died")
+    assert checkpoint.load(run_dir / "checkpoint.pt")["counters"]["agent_steps"] == summary["agent_steps"] == 400
+    assert "evals" not in summary  # no final evaluation of a run cut short
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("small") / "run"
+    train(cartpole(run_dir, total_steps=400), progress=False)
+    return run_dir
+
+
+GAME = [(["--frame-skip", "2"], "--frame-skip"), (["--repeat-action-probability", "0.25"], "--repeat-action-probability"),
+        (["--no-episodic-life"], "--episodic-life"), (["--no-reward-clip"], "--reward-clip"),
+        (["--noop-max", "5"], "--noop-max"), (["--no-use-fire-reset"], "--use-fire-reset"),
+        (["--max-episode-steps", "100"], "--max-episode-steps")]
+
+
+@pytest.mark.parametrize("flags, flag", GAME, ids=[flag for _, flag in GAME])
+def test_the_game_cannot_change_on_resume(flags, flag, small_run, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in small_run.iterdir()}
+    assert main(["train", "--resume", "--run-dir", str(small_run), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {flag} cannot change on --resume") and err.count("\n") == 1, err
+    assert {p.name: p.stat().st_mtime_ns for p in small_run.iterdir()} == before
+
+
+def test_an_unreachable_ray_address_is_refused_at_once(tmp_path, monkeypatch, capsys):
+    import socket
+
+    pytest.importorskip("ray")
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--preset", "cartpole", "--actors", "1", "--ray-address", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --ray-address 127.0.0.1:{port}: nothing answers there") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_resume_line_of_an_apex_run_names_the_actors_epsilon_ladder():
+    from pathlib import Path
+
+    from fastdqn.train import describe_resume, new_counters
+
+    cfg = make_config("cartpole", actors=2)
+    counters = new_counters(cfg)
+    line = describe_resume(cfg, Path("checkpoint.pt"), {}, counters, None, "saved without it", 0)
+    assert "the actors' epsilon ladder 0.4 ... 0.000655 (--apex-eps, --apex-alpha)" in line
+    assert "epsilon 1.000" not in line

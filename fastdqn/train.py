@@ -341,6 +341,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
             counters["budget_from"] = counters["wall_seconds"]
         print(describe_resume(cfg, ckpt_file, state, counters, replay_state, replay_note, env_cfg.seed),
               file=sys.stderr)
+        replay_state = None  # (its arrays map the saved file: let go, so that the next save's deleting it frees the disk)
     update_replay_window(cfg, replay, counters["agent_steps"])
 
     # On resume, the first step this process logs: what the run logged at the checkpoint's own step

@@ -129,7 +129,8 @@ def _results(args: argparse.Namespace) -> int:
 def _envs(args: argparse.Namespace) -> int:
     from envpool.registration import registry
 
-    kinds = {"envpool.atari": "Atari (frame skip 4, 84x84 grey, stacked 4)", "envpool.classic_control": "classic control"}
+    kinds = {"envpool.atari": "Atari (frame skip 4, 84x84 grey, stacked 4)", "envpool.classic_control": "classic control",
+             "envpool.mujoco.gym": "MuJoCo (continuous actions: DDPG / TD3)"}
     for module, title in kinds.items():
         names = sorted(task for task, spec in registry.specs.items() if spec[0] == module)
         print(f"{title}, {len(names)} tasks:")
@@ -226,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fastdqn.results import add_arguments as results_arguments
 
     results_arguments(p)
-    sub.add_parser("envs", help="EnvPool's Atari and classic-control tasks")
+    sub.add_parser("envs", help="EnvPool's Atari, classic-control and MuJoCo tasks")
 
     p = sub.add_parser("plot", help="learning-curve PNG from run directories (several: overlaid, one colour each)")
     p.add_argument("run_dir", nargs="+", help="run directories (TensorBoard events)")

@@ -11,6 +11,13 @@ EnvPool quirks absorbed here, once (measured on envpool 1.2.5):
   frame repeated; those steps are flagged ``new_game``.
 * The true game score is the sum of the unclipped ``info["reward"]`` until game over
   (``info["terminated"]``) or truncation; ``EpisodeTracker`` reports exactly that.
+* MuJoCo tasks (``HalfCheetah-v4``, ``Hopper-v4``, ...) have a Box action space: ``VecEnv``
+  then has ``continuous``, ``action_dim``, ``action_low`` / ``action_high``, and ``send`` takes
+  float actions (B, action_dim). EnvPool moves the body with the action clipped to the box but
+  charges the control cost on the action as sent (an action of 5 on HalfCheetah costs 25x
+  the cost of 1 for the same motion), so ``send`` clips to the box first. Their float64
+  observations are handed on as float32 (half the replay memory; the networks compute in fp32).
+  A task's score is the plain sum of its rewards, until termination or its time limit (1000).
 
 Two evaluation protocols (``PROTOCOLS``) set the Atari options as a group; scores are only
 comparable under the same one:
@@ -123,6 +130,19 @@ def is_atari(env_id: str) -> bool:
     import envpool
 
     return "episodic_life" in envpool.make_spec(env_id).config._fields
+
+
+def is_continuous(env_id: str) -> bool:
+    """Whether the task's actions are a Box (MuJoCo, Pendulum) rather than a set of choices."""
+    import envpool
+
+    return not hasattr(envpool.make_spec(env_id).action_space, "n")
+
+
+def is_mujoco(env_id: str) -> bool:
+    from envpool.registration import registry
+
+    return registry.specs[env_id][0].startswith("envpool.mujoco")
 
 
 def validate(cfg: EnvConfig, flag_of=lambda name: name) -> None:
@@ -244,7 +264,19 @@ class VecEnv:
         self.is_async = self.batch_size < self.num_envs
         self.obs_shape = tuple(self.env.observation_space.shape)
         self.obs_dtype = self.env.observation_space.dtype
-        self.num_actions = int(self.env.action_space.n)
+        self._obs_float32 = self.obs_dtype == np.float64  # MuJoCo (see the module docstring)
+        if self._obs_float32:
+            self.obs_dtype = np.dtype(np.float32)
+        space = self.env.action_space
+        self.continuous = not hasattr(space, "n")
+        if self.continuous:
+            self.num_actions = None
+            self.action_dim = int(np.prod(space.shape))
+            self.action_low = np.asarray(space.low, np.float32).reshape(-1)
+            self.action_high = np.asarray(space.high, np.float32).reshape(-1)
+            self._box = (np.asarray(space.low, np.float64), np.asarray(space.high, np.float64))
+        else:
+            self.num_actions = int(space.n)
         self.stack = cfg.stack_num if self.atari else 1
         self.frame_shape = self.obs_shape[1:] if self.atari else self.obs_shape
         self.tracker = EpisodeTracker(self.num_envs)
@@ -264,6 +296,8 @@ class VecEnv:
         once, so that the caller can work while the envs step; ``recv()`` collects them."""
         if self._env_ids is None:
             raise RuntimeError("call reset() before step()")
+        if self.continuous:
+            actions = np.clip(np.asarray(actions, np.float64).reshape(-1, self.action_dim), *self._box)
         self.env.send(np.asarray(actions), self._env_ids)
 
     def recv(self) -> EnvStep:
@@ -283,7 +317,7 @@ class VecEnv:
         )
         self._env_ids = env_ids
         return EnvStep(
-            obs=obs,
+            obs=obs.astype(np.float32) if self._obs_float32 else obs,
             reward=np.asarray(reward, np.float32),
             terminated=terminated,
             truncated=truncated,
@@ -316,7 +350,8 @@ def describe_protocol(cfg: EnvConfig) -> str:
 
         own = envpool.make_spec(cfg.env_id).config.max_episode_steps
         limit = classic_time_limit(cfg)
-        return (f"{cfg.env_id} (EnvPool classic control), episodes capped at "
+        family = "MuJoCo" if is_mujoco(cfg.env_id) else "classic control"
+        return (f"{cfg.env_id} (EnvPool {family}), episodes capped at "
                 + ("the task's own limit" if limit == own else f"{limit} steps (the task's own: {own})"))
     sticky = f"sticky actions p={cfg.repeat_action_probability:g}" if cfg.repeat_action_probability else "no sticky actions"
     actions = "full 18-action set" if cfg.full_action_space else "minimal action set"

@@ -38,7 +38,7 @@ class ReplaySample(NamedTuple):
     indices: np.ndarray  # (B,) int64, for update_priorities
     weights: np.ndarray  # (B,) float32 importance weights, max 1
     obs: np.ndarray  # or a torch.Tensor on frames_device
-    actions: np.ndarray  # (B,) int64
+    actions: np.ndarray  # (B,) int64, or (B, *action_shape) float32 (continuous actions)
     returns: np.ndarray  # (B,) float32 n-step discounted reward sum
     discounts: np.ndarray  # (B,) float32: gamma^m, or 0 at a terminal
     next_obs: np.ndarray  # or a torch.Tensor on frames_device
@@ -49,7 +49,8 @@ class _Outputs:
     page-fault on every call). The frame buffers come from ``_frame_buffer``: host memory
     here, device tensors in ``_DeviceOutputs``."""
 
-    def __init__(self, batch: int, stack: int, n_step: int, frame_shape, dtype, use_window=True):
+    def __init__(self, batch: int, stack: int, n_step: int, frame_shape, dtype, use_window=True,
+                 action_shape=()):
         frame_size = math.prod(frame_shape)
         # The window holds stack + n frames when obs and next_obs overlap (n < stack);
         # otherwise the two are gathered separately and the window is just obs.
@@ -58,7 +59,7 @@ class _Outputs:
         self.uniforms = np.empty(batch, np.float64)
         self.indices = np.empty(batch, np.int64)
         self.weights = np.empty(batch, np.float32)
-        self.actions = np.empty(batch, np.int64)
+        self.actions = np.empty((batch, *action_shape), np.float32) if action_shape else np.empty(batch, np.int64)
         self.returns = np.empty(batch, np.float32)
         self.discounts = np.empty(batch, np.float32)
         self.horizon = np.empty(batch, np.int64)
@@ -276,9 +277,9 @@ class _DeviceOutputs(_Outputs):
     tensors on the device, and the indices (and horizons) sent there through an _Uploader."""
 
     def __init__(self, ring_d: _DeviceRing, batch: int, stack: int, n_step: int, frame_shape,
-                 use_window=True):
+                 use_window=True, action_shape=()):
         self._ring_d = ring_d
-        super().__init__(batch, stack, n_step, frame_shape, ring_d.dtype, use_window)
+        super().__init__(batch, stack, n_step, frame_shape, ring_d.dtype, use_window, action_shape)
         self.uploader = _Uploader(ring_d.torch, ring_d.device, [((2, batch), ring_d.torch.int64)])  # indices, horizon
 
     def _frame_buffer(self, shape, dtype):
@@ -290,8 +291,8 @@ class _DeviceOutputs(_Outputs):
         return super().nbytes + device + self.uploader.nbytes
 
 
-def _storage_bytes(num_slots: int, frame_size: int, itemsize: int, num_envs: int) -> int:
-    per_slot = frame_size * itemsize + 4 + 4 + 1 + 1  # frame, action, reward, flags, back
+def _storage_bytes(num_slots: int, frame_size: int, itemsize: int, num_envs: int, action_size: int = 1) -> int:
+    per_slot = frame_size * itemsize + 4 * action_size + 4 + 1 + 1  # frame, action, reward, flags, back
     trees = 2 * 2 * segment_tree.tree_size(num_slots) * 8
     return num_slots * per_slot + trees + num_envs * 8
 
@@ -311,6 +312,9 @@ class PrioritizedReplay:
         eps: added to |td| before the exponent (> 0, keeps every transition sampleable).
         seed: seed of the sampling RNG (its state is part of ``state_dict``).
         obs_dtype: dtype of the observations (uint8 for Atari, float32 for CartPole).
+        action_shape: () (default) for discrete actions, one int per record; (A,) for
+            continuous ones, a float32 vector per record (DDPG / TD3), stored and sampled the
+            same way (the action of record k + 1 goes with the transition sampled at k).
         frames_device: None (default) keeps the frames in host memory, written and gathered
             by the Numba kernels of ``ring.py``. A torch device (or its name: "cuda",
             "cuda:1", "cpu") keeps them, and a mirror of ``back``, in torch tensors on that
@@ -344,8 +348,9 @@ class PrioritizedReplay:
 
     def __init__(self, capacity: int, num_envs: int, obs_shape, stack: int = 4, n_step: int = 3,
                  gamma: float = 0.99, alpha: float = 0.6, eps: float = 0.01, seed: int = 0,
-                 obs_dtype=np.uint8, frames_device=None, window=None):
+                 obs_dtype=np.uint8, frames_device=None, window=None, action_shape=()):
         self.frame_shape = tuple(int(s) for s in obs_shape)
+        self.action_shape = tuple(int(s) for s in action_shape)
         self.obs_dtype = np.dtype(obs_dtype)
         self.capacity = int(capacity)
         self.num_envs = int(num_envs)
@@ -368,6 +373,8 @@ class PrioritizedReplay:
             raise ValueError(f"eps must be > 0, got {eps}")
         if not self.frame_shape or min(self.frame_shape) < 1:
             raise ValueError(f"obs_shape must be the non-empty shape of one frame, got {obs_shape}")
+        if len(self.action_shape) > 1 or min(self.action_shape, default=1) < 1:
+            raise ValueError(f"action_shape must be () or (A,) with A >= 1, got {action_shape}")
         minimum = self.num_envs * (self.stack + self.n_step + 1)
         if self.capacity < minimum:
             raise ValueError(
@@ -376,14 +383,15 @@ class PrioritizedReplay:
         self.lane = self.capacity // self.num_envs
         num_slots = self.lane * self.num_envs
         frame_size = math.prod(self.frame_shape)
+        action_size = math.prod(self.action_shape)
         self.frames_device = None
         self._ring_d: _DeviceRing | None = None
         if frames_device is None:
-            needed = _storage_bytes(num_slots, frame_size, self.obs_dtype.itemsize, self.num_envs)
+            needed = _storage_bytes(num_slots, frame_size, self.obs_dtype.itemsize, self.num_envs, action_size)
         else:
             self.frames_device, torch = _resolve_frames_device(frames_device)
             on_device = num_slots * (frame_size * self.obs_dtype.itemsize + 1)  # frames, back mirror
-            needed = _storage_bytes(num_slots, 0, self.obs_dtype.itemsize, self.num_envs)
+            needed = _storage_bytes(num_slots, 0, self.obs_dtype.itemsize, self.num_envs, action_size)
             if self.frames_device.type == "cuda":
                 free = torch.cuda.mem_get_info(self.frames_device)[0]
                 if on_device > free:
@@ -411,7 +419,8 @@ class PrioritizedReplay:
             self._frames = np.empty((num_slots, 0), self.obs_dtype)
             self._ring_d = _DeviceRing(torch, self.frames_device, num_slots, frame_size, self.obs_dtype,
                                        self.num_envs)
-        self._actions = np.zeros(num_slots, np.int32)
+        # One int32 per record, or a float32 row (the ring kernels copy a row as they copy an int).
+        self._actions = np.zeros((num_slots, *self.action_shape), np.float32 if self.action_shape else np.int32)
         self._rewards = np.zeros(num_slots, np.float32)
         self._flags = np.zeros(num_slots, np.uint8)
         self._back = np.zeros(num_slots, np.uint8)
@@ -470,7 +479,8 @@ class PrioritizedReplay:
             obs: (B, stack, *obs_shape) (or (B, *obs_shape) when stack == 1); only the
                 newest frame ``obs[:, -1]`` is stored.
             actions: (B,) ints, the action sent on the previous step of each env (that led
-                to this obs); ignored on reset steps.
+                to this obs); ignored on reset steps. (B, *action_shape) floats for
+                continuous actions.
             rewards: (B,) the (clipped) reward of that transition.
             terminated: (B,) bool, training terminal (a life loss counts with episodic life).
             truncated: (B,) bool, time limit.
@@ -494,7 +504,10 @@ class PrioritizedReplay:
             raise TypeError(f"obs has dtype {obs.dtype}, expected {self.obs_dtype}")
         if batch > self.num_envs:
             raise ValueError(f"obs has {batch} rows but the buffer has only {self.num_envs} envs")
-        actions = self._vector("actions", actions, batch, "iub", np.int64)
+        if self.action_shape:
+            actions = self._action_vectors(actions, batch)
+        else:
+            actions = self._vector("actions", actions, batch, "iub", np.int64)
         rewards = self._vector("rewards", rewards, batch, "fiub", np.float32)
         terminated = self._vector("terminated", terminated, batch, "b", np.bool_)
         truncated = self._vector("truncated", truncated, batch, "b", np.bool_)
@@ -528,6 +541,14 @@ class PrioritizedReplay:
         if x.dtype.kind not in kinds:
             raise TypeError(f"{name} has dtype {x.dtype}, expected kind(s) {kinds!r} (e.g. {np.dtype(dtype)})")
         return np.ascontiguousarray(x, dtype)
+
+    def _action_vectors(self, actions, batch):
+        actions = np.asarray(actions)
+        if actions.shape != (batch, *self.action_shape):
+            raise ValueError(f"actions has shape {actions.shape}, expected {(batch, *self.action_shape)}")
+        if actions.dtype.kind not in "fiu":
+            raise TypeError(f"actions has dtype {actions.dtype}, expected floats (float32)")
+        return np.ascontiguousarray(actions, np.float32)
 
     def _raise_add_error(self, code, env_ids, reset_step, new_game):
         if code == ring.ERR_ENV_RANGE:
@@ -584,10 +605,10 @@ class PrioritizedReplay:
                 raise ValueError(f"slot must be an int >= 0, got {slot}")
             if self._ring_d is None:
                 out = _Outputs(batch_size, self.stack, self.n_step, self.frame_shape, self.obs_dtype,
-                               self._use_window)
+                               self._use_window, self.action_shape)
             else:
                 out = _DeviceOutputs(self._ring_d, batch_size, self.stack, self.n_step, self.frame_shape,
-                                     self._use_window)
+                                     self._use_window, self.action_shape)
             self._outputs[key] = out
         if not self._sum[1] > 0.0:
             raise ValueError(
@@ -693,7 +714,10 @@ class PrioritizedReplay:
         return sum(a.nbytes for a in arrays) + device + sum(o.nbytes for o in self._outputs.values())
 
     def _config(self) -> dict:
+        # action_shape only where there is one: a discrete buffer's state stays as it was.
+        actions = {"action_shape": np.asarray(self.action_shape, np.int64)} if self.action_shape else {}
         return {
+            **actions,
             "capacity": np.int64(self.capacity),
             "num_envs": np.int64(self.num_envs),
             "obs_shape": np.asarray(self.frame_shape, np.int64),
@@ -737,6 +761,8 @@ class PrioritizedReplay:
                 raise KeyError(f"state dict has no {key!r}")
             if not np.array_equal(np.asarray(state[key]), value):
                 mismatched.append(f"{key}: saved {np.asarray(state[key]).tolist()} != {value.tolist()}")
+        if "action_shape" in state and not self.action_shape:
+            mismatched.append(f"action_shape: saved {np.asarray(state['action_shape']).tolist()} != () (discrete)")
         if mismatched:
             raise ValueError("replay state does not match this buffer: " + "; ".join(mismatched))
         targets = [("actions", self._actions), ("rewards", self._rewards), ("flags", self._flags),

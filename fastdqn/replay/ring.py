@@ -4,7 +4,8 @@ Storage (all arrays flat over N = num_envs * lane slots, env ``e`` owning the co
 lane of slots ``e * lane ... e * lane + lane - 1``; a lane is a ring):
 
     frames   (N, F)  obs dtype  the newest frame of the obs of each record, F = prod(frame shape)
-    actions  (N,)    int32      the action that LED to this record (ignored on reset steps)
+    actions  (N,)    int32      the action that LED to this record (ignored on reset steps);
+             (N, A)  float32    for continuous actions: the kernels copy a row where they copy an int
     rewards  (N,)    float32    the (clipped) reward of that transition
     flags    (N,)    uint8      TERMINATED | TRUNCATED | RESET_STEP | NEW_GAME | VALID bits
     back     (N,)    uint8      how many earlier frames of the same game the stack of this

@@ -61,7 +61,7 @@ def test_worked_ddpg_example_through_the_update():
 
     out = agent.update(WORKED_BATCH)
     close = dict(rtol=0, atol=2e-5)
-    torch.testing.assert_close(out["critic_loss"], torch.tensor(24.01), **close)  # (2 - 6.9)^2
+    torch.testing.assert_close(out["loss"], torch.tensor(24.01), **close)  # (2 - 6.9)^2
     torch.testing.assert_close(out["td_abs"], torch.tensor([4.9]), **close)
     torch.testing.assert_close(out["mean_q"], torch.tensor(2.0), **close)
     critic = agent.critics[0].linear
@@ -147,7 +147,7 @@ def test_clipped_double_q_target_and_smoothing_noise_against_numpy():
 
     torch.manual_seed(123)
     out = agent.update(batch)
-    np.testing.assert_allclose(out["critic_loss"].numpy(), loss, rtol=1e-5)
+    np.testing.assert_allclose(out["loss"].numpy(), loss, rtol=1e-5)
     np.testing.assert_allclose(out["td_abs"].numpy(), np.abs(delta).max(axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["mean_q"].numpy(), q[0].mean(), rtol=1e-5, atol=1e-6)
 
@@ -160,7 +160,7 @@ def test_ddpg_target_is_one_critic_without_smoothing():
     y = batch["returns"] + batch["discounts"] * numpy_critic(agent.target_critics[0], batch["next_obs"], mu_next)
     delta = numpy_critic(agent.critics[0], batch["obs"], batch["actions"]) - y
     out = agent.update(batch)
-    np.testing.assert_allclose(out["critic_loss"].numpy(), np.mean(batch["weights"] * delta**2), rtol=1e-5)
+    np.testing.assert_allclose(out["loss"].numpy(), np.mean(batch["weights"] * delta**2), rtol=1e-5)
     assert np.isfinite(out["actor_loss"].numpy())  # d = 1: the actor moves on every update
 
 
@@ -291,6 +291,16 @@ def _state(optimizer):
     return [v for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
 
 
+def test_set_lr_reaches_both_optimizers():
+    agent = small_agent(optimizer="sgd", actor_lr=0.1, critic_lr=0.2)
+    agent.set_lr(0.0)  # nothing moves at lr 0
+    before = {name: flat(getattr(agent, name)) for name in ("actor", "critics")}
+    for b in [random_batch(np.random.default_rng(15)) for _ in range(2)]:
+        agent.update(b)
+    for name, value in before.items():
+        assert torch.equal(flat(getattr(agent, name)), value), name
+
+
 def test_state_dict_round_trip_continues_identically():
     rng = np.random.default_rng(11)
     batches = [random_batch(rng) for _ in range(5)]
@@ -339,8 +349,8 @@ def test_cuda_graph_draws_fresh_smoothing_noise_on_every_replay():
     rng = np.random.default_rng(14)
     batches = [random_batch(rng, batch=32) for _ in range(2)]
     agent = small_agent(cuda_graph=True, updates_per_graph=2, actor_lr=0.0, critic_lr=0.0, device="cuda")
-    first = agent.update_many(batches)["critic_loss"]
-    second = agent.update_many(batches)["critic_loss"]
+    first = agent.update_many(batches)["loss"]
+    second = agent.update_many(batches)["loss"]
     assert torch.isfinite(first).all() and not torch.equal(first, second)
     quiet = small_agent(target_noise=0.0, actor_lr=0.0, critic_lr=0.0, device="cuda")
-    assert torch.equal(quiet.update_many(batches)["critic_loss"], quiet.update_many(batches)["critic_loss"])
+    assert torch.equal(quiet.update_many(batches)["loss"], quiet.update_many(batches)["loss"])

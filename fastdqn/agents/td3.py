@@ -186,6 +186,16 @@ class TD3:
     def autocast(self):
         return hardware.autocast(self.device, self.precision)
 
+    def set_lr(self, lr: float) -> None:
+        """One learning rate for the actor and the critics (a schedule's); in place where it is
+        a device tensor (CUDA), so a captured graph sees it."""
+        for opt in (self.actor_optimizer, self.critic_optimizer):
+            for group in opt.param_groups:
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(float(lr))
+                else:
+                    group["lr"] = float(lr)
+
     # ------------------------------------------------------------------------ acting
 
     @torch.no_grad()
@@ -301,8 +311,9 @@ class TD3:
             nn.utils.clip_grad_norm_(params, self.max_grad_norm)  # on the device: no host sync
 
     def update(self, batch) -> dict[str, torch.Tensor]:
-        """One eager update. Host tensors: critic_loss (), actor_loss () (NaN on an update
-        without an actor step), td_abs (B,), mean_q ()."""
+        """One eager update. Host tensors, under the DQN Learner's keys (so the loop's update
+        code serves both) plus one: loss () (the critic loss), td_abs (B,), mean_q () and
+        actor_loss () (NaN on an update without an actor step)."""
         args = [_tensor(batch, name).to(self.device, non_blocking=True) for name in BATCH_FIELDS]
         out = self._train_step(*args)
         self.num_updates += 1
@@ -310,7 +321,7 @@ class TD3:
 
     def update_many(self, batches: Sequence[Any]) -> dict[str, torch.Tensor]:
         """K consecutive updates; one CUDA graph replay when enabled and K == updates_per_graph.
-        Host tensors: critic_loss (K,), actor_loss (K,), td_abs (K, B), mean_q (K,)."""
+        Host tensors: loss (K,), actor_loss (K,), td_abs (K, B), mean_q (K,)."""
         batches = list(batches)
         if not (self.cuda_graph and len(batches) == self.updates_per_graph):
             results = [self.update(b) for b in batches]
@@ -416,7 +427,7 @@ def _results(packed: torch.Tensor, single: bool = False) -> dict[str, torch.Tens
     """The dict of update / update_many from packed rows (K, B + 3); ``single``: no K axis."""
     if single:
         packed = packed[0]
-    return {"critic_loss": packed[..., -3], "actor_loss": packed[..., -2], "td_abs": packed[..., :-3],
+    return {"loss": packed[..., -3], "actor_loss": packed[..., -2], "td_abs": packed[..., :-3],
             "mean_q": packed[..., -1]}
 
 

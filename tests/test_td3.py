@@ -354,3 +354,17 @@ def test_cuda_graph_draws_fresh_smoothing_noise_on_every_replay():
     assert torch.isfinite(first).all() and not torch.equal(first, second)
     quiet = small_agent(target_noise=0.0, actor_lr=0.0, critic_lr=0.0, device="cuda")
     assert torch.equal(quiet.update_many(batches)["loss"], quiet.update_many(batches)["loss"])
+
+
+def test_continuous_bench_quick_path_reports_both_updates(tmp_path):
+    import json
+
+    from bench import continuous as bench
+
+    out = tmp_path / "continuous.json"
+    report = bench.main(["--quick", "--device", "cpu", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report, default=str))
+    assert report["benchmark"] == "continuous" and report["modes"] == ["plain", "fastdqn"]
+    (row,) = report["results"]
+    assert row["batch_size"] == 8 and row["plain"] > 0 and row["fastdqn"] > 0
+    assert row["fastdqn_vs_plain"] == pytest.approx(row["fastdqn"] / row["plain"])

@@ -1,7 +1,9 @@
-"""Learning curves from runs' TensorBoard events: one run, or several overlaid."""
+"""Learning curves from runs' TensorBoard events: one run, or several overlaid. A run folder with no
+events (a committed result: summary.json only) draws its evaluations from summary.json."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,11 @@ def draw_run(ax, run_dir: str | Path, label: str | None = None, color: str | Non
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run directory at {run_dir}")
     data = read_scalars(run_dir, [TRAINING, EVALUATION])
+    summary = run_dir / "summary.json"
+    if EVALUATION not in data and summary.is_file():
+        evals = json.loads(summary.read_text()).get("evals", [])
+        if evals:
+            data[EVALUATION] = (np.array([e["agent_steps"] for e in evals]), np.array([e["mean_return"] for e in evals]))
     if not data:
         raise ValueError(f"{run_dir} has no episode or evaluation scores yet")
     alone = label is None

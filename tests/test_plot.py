@@ -84,3 +84,20 @@ def test_a_missing_run_directory_is_one_line_and_writes_nothing(tmp_path, capsys
     assert main(["plot", str(a), str(tmp_path / "nope"), "--out", str(tmp_path / "ab.png")]) == 2
     err = capsys.readouterr().err
     assert err == f"error: no run directory at {tmp_path / 'nope'}\n" and not (tmp_path / "ab.png").exists()
+
+
+def test_a_committed_run_folder_with_only_summary_json_draws_its_evaluations(tmp_path):
+    import json
+
+    from fastdqn.plot import draw_run, pyplot
+
+    folder = tmp_path / "committed"
+    folder.mkdir()
+    evals = [{"agent_steps": s, "wall_seconds": s / 100, "mean_return": r} for s, r in ((100, 1.5), (200, 7.0))]
+    (folder / "summary.json").write_text(json.dumps({"evals": evals}))
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    draw_run(ax, folder, label="committed", color="C1")
+    (line,) = ax.get_lines()
+    plt.close(fig)
+    assert list(line.get_xdata()) == [100, 200] and list(line.get_ydata()) == [1.5, 7.0]

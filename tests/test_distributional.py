@@ -310,8 +310,10 @@ def test_learner_bench_times_every_head_in_one_run(capsys):
 
 @pytest.mark.slow
 def test_c51_cartpole_solves(tmp_path):
-    # CartPole's discounted returns reach ~100 (gamma 0.99, reward 1 per step): the support is [0, 100]
-    cfg = make_config("cartpole", head="c51", v_min=0.0, v_max=100.0, run_dir=str(tmp_path / "run"))
+    # CartPole's discounted returns reach ~100 (gamma 0.99, reward 1 per step): the support is [0, 100].
+    # With the preset's settings seeds 0, 1 and 2 first averaged >= 475 at 55k, 60k and 40k agent
+    # steps (2-core Zen3, 2026-12-07): 80k leaves a margin; the run stops at its first 500.
+    cfg = make_config("cartpole", head="c51", v_min=0.0, v_max=100.0, total_steps=80_000, run_dir=str(tmp_path / "run"))
     summary = train_mod.train(cfg, progress=False)
     assert summary["best_eval_mean_return"] >= 475, summary["evals"]
 

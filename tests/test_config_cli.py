@@ -81,6 +81,6 @@ def test_help_is_grouped_with_choices_shown_and_presets_and_envs_are_listed(tmp_
     out = run("presets").stdout
     assert "cartpole:\n  --env-id CartPole-v1 --num-envs 4 --total-steps 60000" in out
     out = run("envs").stdout
-    assert "Breakout-v5" in out and "CartPole-v1" in out and "HalfCheetah" not in out
+    assert "Breakout-v5" in out and "CartPole-v1" in out and "HalfCheetah-v4" in out  # Atari, classic control, MuJoCo
     out = run("train", "--resume", "--preset", "cartpole")
     assert out.returncode == 2 and out.stderr.strip() == "error: --resume needs --run-dir: the directory of the run to continue"

@@ -1,4 +1,10 @@
-"""Exploration schedules and batched epsilon-greedy acting (one forward for all envs)."""
+"""Exploration schedules and batched epsilon-greedy acting (one forward for all envs).
+
+An acting rule is what the Actor and evaluation call, whatever the agent: ``rule(obs, epsilon,
+rng)`` -> actions for the batch, with ``rule.network`` (the weights it acts with),
+``rule.action_shape`` and ``rule.action_dtype``. EpsilonGreedy is DQN's; fastdqn.agents.td3 has
+the continuous one.
+"""
 
 from __future__ import annotations
 
@@ -46,3 +52,17 @@ def select_actions(q_network, obs: np.ndarray, epsilon: float, num_actions: int,
         greedy = q.argmax(dim=1).cpu().numpy()
         actions = np.where(explore, actions, greedy)
     return actions.astype(np.int32)
+
+
+class EpsilonGreedy:
+    """DQN's acting rule, as the Actor and evaluation call every agent's: ``rule(obs, epsilon, rng)``
+    -> actions (B,) int32 (select_actions on ``network``, the Q-network)."""
+
+    action_shape: tuple = ()
+    action_dtype = np.int64
+
+    def __init__(self, network, num_actions: int, device: torch.device, precision: str = "fp32"):
+        self.network, self.num_actions, self.device, self.precision = network, num_actions, device, precision
+
+    def __call__(self, obs: np.ndarray, epsilon, rng: np.random.Generator) -> np.ndarray:
+        return select_actions(self.network, obs, epsilon, self.num_actions, rng, self.device, self.precision)

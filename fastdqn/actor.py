@@ -12,7 +12,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastdqn.acting import select_actions
 from fastdqn.envs import EnvStep, VecEnv
 
 
@@ -22,7 +21,8 @@ class Records(NamedTuple):
     with ``env_ids``; ``Records(*(np.concatenate(f) for f in zip(*many)))`` joins steps."""
 
     frames: np.ndarray  # (B, *frame_shape): the NEWEST frame of each obs; the replay rebuilds the stacks
-    actions: np.ndarray  # (B,) int64: the action sent on the env's previous step (ignored on reset steps)
+    actions: np.ndarray  # (B,) int64 (continuous: (B, A) float32): the action sent on the env's previous step
+    #                      (ignored on reset steps)
     rewards: np.ndarray  # (B,) float32: the training reward (clipped on Atari)
     terminated: np.ndarray  # (B,) bool: training terminal (a lost life counts with episodic life)
     truncated: np.ndarray  # (B,) bool: time limit
@@ -47,21 +47,22 @@ def store(replay, records: Records, first_lane: int = 0) -> None:
 
 
 class Actor:
-    """Epsilon-greedy acting in an EnvPool pool, one forward for each batch of envs.
+    """An agent's acting rule (fastdqn.acting: epsilon-greedy, Gaussian exploration) in an EnvPool
+    pool, one forward for each batch of envs.
 
     ``reset()`` and ``recv()`` return the ``Records`` of what the pool returned; ``send(eps)``
     picks the actions for the obs received last and hands them to EnvPool's threads, which
     step the envs while the caller does something else (learns) until ``recv()``. ``eps`` is
     one epsilon for every env, or one per env of the pool (an array indexed by env id).
+    ``policy.network`` holds the weights it acts with.
     """
 
-    def __init__(self, env: VecEnv, q_network, rng: np.random.Generator, device, precision: str = "fp32"):
+    def __init__(self, env: VecEnv, policy, rng: np.random.Generator):
         self.env = env
-        self.q_network = q_network
+        self.policy = policy
         self.rng = rng
-        self.device = device
-        self.precision = precision
-        self.last_action = np.zeros(env.num_envs, np.int64)  # what each env was last sent
+        # what each env was last sent
+        self.last_action = np.zeros((env.num_envs, *policy.action_shape), policy.action_dtype)
         self._step: EnvStep | None = None
 
     def reset(self) -> Records:
@@ -71,8 +72,7 @@ class Actor:
         """Act on the obs received last and send the actions; returns the agent steps taken."""
         step = self._step
         eps = epsilon[step.env_ids] if np.ndim(epsilon) else epsilon
-        actions = select_actions(self.q_network, step.obs, eps, self.env.num_actions, self.rng, self.device,
-                                 self.precision)
+        actions = self.policy(step.obs, eps, self.rng)
         self.last_action[step.env_ids] = actions
         self.env.send(actions)
         return len(actions)

@@ -60,6 +60,11 @@ class TrainConfig:
         "tensors through the C++ twin of that kernel: the cuda code path, for testing without a GPU)",
         choices=("numpy", "cuda", "cpu"))
     # --- learner
+    algorithm: str = _f("dqn", "dqn: the DQN family, for discrete actions (the flags of the Q-network, its head and its "
+                        "loss below); ddpg or td3 (Fujimoto et al. 2018): an actor and one / twin critics for continuous "
+                        "actions (MuJoCo tasks; --policy-delay, --target-noise, --noise-clip, --exploration-noise); "
+                        "fastdqn envs lists the tasks of each kind",
+                        choices=("dqn", "ddpg", "td3"))
     dueling: bool = _f(True, "dueling head Q = V + A - mean(A)")
     head: str = _f("scalar", "what the Q-network outputs per action: scalar (Q itself, DQN), c51 (a distribution on "
                    "--num-atoms fixed atoms in [--v-min, --v-max], cross-entropy to the projected n-step target; "
@@ -102,6 +107,14 @@ class TrainConfig:
     eps_final_steps: int = _f(5_000_000, "linear: end of the second, slower phase")
     eps_decay_steps: int = _f(250_000, "exp: time constant of the decay, in agent steps")
     eval_eps: float = _f(0.01, "epsilon during evaluation")
+    # --- continuous actions (--algorithm ddpg / td3; in the exploration and learner groups of --help)
+    exploration_noise: float = _f(0.1, "ddpg / td3: std of the Gaussian noise added to the actor's actions while "
+                                       "training, in units of half the action range (epsilon is then the chance of a "
+                                       "uniform random action instead: 1 for a random warm-up)")
+    policy_delay: int = _f(2, "td3: actor and target updates on every this many critic updates (ddpg: 1)")
+    target_noise: float = _f(0.2, "td3: std of the target-policy smoothing noise, in units of half the action range "
+                                  "(ddpg: none)")
+    noise_clip: float = _f(0.5, "td3: the smoothing noise is clipped to +-this (units of half the action range)")
     # --- evaluation, logging, checkpoints
     eval_interval: int = _f(250_000, "agent steps between evaluations; 0 = only at the end")
     eval_episodes: int = _f(8, "full games per evaluation (one per eval env)")
@@ -148,6 +161,35 @@ class TrainConfig:
                                      "credit until the measured replay ratio is --replay-ratio x (1 + this)")
     actor_restarts: int = _f(10, "with --actors: how often Ray restarts an actor whose process died; -1 = always")
 
+
+# TD3 on EnvPool's MuJoCo tasks, CleanRL's td3_continuous_action settings (Fujimoto et al.'s): 1 env,
+# one update of batch 256 per agent step, 25k random steps first, uniform one-step replay, Polyak 0.005,
+# 256x256 MLPs, no gradient clip; fp32 (MLPs). Not yet tuned for the 2-core CPU's wall clock.
+_MUJOCO_TD3 = dict(
+    algorithm="td3",
+    total_steps=1_000_000,
+    buffer_size=1_000_000,
+    learning_starts=25_000,
+    batch_size=256,
+    replay_ratio=256.0,
+    n_step=1,
+    per_alpha=0.0,
+    hidden=256,
+    lr=3e-4,
+    adam_eps=1e-8,
+    max_grad_norm=0.0,
+    tau=0.005,
+    eps_start=1.0,
+    eps_mid=1.0,
+    eps_mid_steps=25_000,
+    eps_final=0.0,
+    eps_final_steps=25_000,
+    eval_eps=0.0,
+    eval_interval=50_000,
+    eval_episodes=10,
+    eval_max_steps=1_000,
+    checkpoint_interval=100_000,
+)
 
 PRESETS: dict[str, dict] = {
     # CartPole-v1: an MLP, small replay, fast Polyak targets; solves (eval 500) in about a minute.
@@ -211,6 +253,9 @@ PRESETS: dict[str, dict] = {
 # Measured on 2 cores, fp32: docs/results/breakout-cpu/ (TUNING.md).
 PRESETS["breakout-cpu-nips"] = dict(PRESETS["breakout-cpu"], torso="nips", hidden=256, replay_ratio=4.0,
                                     batch_size=64, target_update_period=500, lr=5e-4)
+PRESETS["halfcheetah"] = dict(_MUJOCO_TD3, env=dict(env_id="HalfCheetah-v4", num_envs=1))
+PRESETS["hopper"] = dict(_MUJOCO_TD3, env=dict(env_id="Hopper-v4", num_envs=1))
+PRESETS["walker2d"] = dict(_MUJOCO_TD3, env=dict(env_id="Walker2d-v4", num_envs=1))
 
 # What each preset is for, one line each (`fastdqn presets` prints it beside what committed runs reached).
 PRESET_PURPOSE = {
@@ -219,6 +264,9 @@ PRESET_PURPOSE = {
     "breakout-cpu": "Breakout for an hour on a small CPU with the Nature CNN at replay ratio 2 (bf16 where the CPU has it)",
     "breakout-cpu-nips": "Breakout for an hour on a small CPU, with or without bf16: the 2013 network at replay ratio 4, "
                          "batch 64",
+    "halfcheetah": "TD3 on HalfCheetah-v4 (MuJoCo), CleanRL's settings: 1M agent steps, one batch-256 update per step",
+    "hopper": "TD3 on Hopper-v4 (MuJoCo), CleanRL's settings: 1M agent steps, one batch-256 update per step",
+    "walker2d": "TD3 on Walker2d-v4 (MuJoCo), CleanRL's settings: 1M agent steps, one batch-256 update per step",
 }
 
 
@@ -237,10 +285,11 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "run": ("exp_name", "run_dir", "seed", "total_steps", "max_minutes", "target_score"),
     "replay": ("buffer_size", "replay_window", "replay_window_steps", "learning_starts", "batch_size", "replay_ratio",
                "replay_ratio_early", "replay_ratio_early_steps", "n_step", "per_alpha", "per_beta0", "per_eps"),
-    "learner": ("gamma", "dueling", "head", "num_atoms", "v_min", "v_max", "hidden", "torso", "double_q", "loss", "optimizer", "lr", "lr_final", "lr_decay_start",
-                "lr_decay_end", "adam_eps", "max_grad_norm", "target_update_period", "tau"),
+    "learner": ("gamma", "algorithm", "dueling", "head", "num_atoms", "v_min", "v_max", "hidden", "torso", "double_q", "loss", "optimizer", "lr", "lr_final", "lr_decay_start",
+                "lr_decay_end", "adam_eps", "max_grad_norm", "target_update_period", "tau", "policy_delay", "target_noise",
+                "noise_clip"),
     "exploration": ("eps_schedule", "eps_start", "eps_mid", "eps_mid_steps", "eps_final", "eps_final_steps",
-                    "eps_decay_steps"),
+                    "eps_decay_steps", "exploration_noise"),
     "evaluation": ("eval_interval", "eval_episodes", "eval_max_steps", "eval_eps", "final_eval", "capture_video"),
     "logging": ("log_interval", "progress_interval", "track", "wandb_project", "wandb_entity"),
     "checkpoints": ("checkpoint_interval", "save_replay", "resume"),
@@ -293,7 +342,7 @@ def from_arguments(args: argparse.Namespace) -> TrainConfig:
 def make_config(preset: str | None = None, env: dict | None = None, **overrides) -> TrainConfig:
     """A TrainConfig from a preset name plus overrides (env options in ``env``)."""
     base = dict(PRESETS[preset]) if preset else {}
-    base["exp_name"] = preset or "dqn"
+    base["exp_name"] = preset or overrides.get("algorithm", "dqn")
     env_options = with_protocol(base.pop("env", {}), env or {})
     cfg = TrainConfig(env=EnvConfig(**env_options), **{**base, **overrides})
     validate(cfg)
@@ -346,7 +395,7 @@ FIXED_ON_RESUME = {
     "EnvConfig": ("env_id", "num_envs", "stack_num", "frame_size", "protocol", "full_action_space", "frame_skip",
                   "repeat_action_probability", "episodic_life", "reward_clip", "noop_max", "use_fire_reset",
                   "max_episode_steps"),
-    "TrainConfig": ("buffer_size", "n_step", "gamma", "per_alpha", "per_eps", "dueling", "head", "num_atoms", "v_min",
+    "TrainConfig": ("algorithm", "buffer_size", "n_step", "gamma", "per_alpha", "per_eps", "dueling", "head", "num_atoms", "v_min",
                     "v_max", "hidden", "torso", "optimizer"),
 }
 
@@ -357,10 +406,11 @@ def check_resumable(saved: dict, cfg: TrainConfig, run_dir) -> None:
     for owner, before, now, flag_of in (("EnvConfig", saved["env"], cfg.env, _env_flag),
                                         ("TrainConfig", saved, cfg, _flag)):
         for name in FIXED_ON_RESUME[owner]:
-            if getattr(now, name) != before[name]:
+            was = before.get(name, "dqn") if name == "algorithm" else before[name]  # (runs before it: dqn)
+            if getattr(now, name) != was:
                 flag = flag_of(name)
                 raise ValueError(f"{flag} cannot change on --resume (the run in {run_dir} was started with {flag} "
-                                 f"{before[name]}; its checkpoint holds that network, replay and game): drop {flag}, or "
+                                 f"{was}; its checkpoint holds that network, replay and game): drop {flag}, or "
                                  "start a new run in another --run-dir")
 
 
@@ -395,6 +445,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"--lr-decay-end ({cfg.lr_decay_end}) must be > --lr-decay-start ({cfg.lr_decay_start}), "
                          "or 0 for a constant --lr")
     _validate_head(cfg)
+    _validate_algorithm(cfg)
     if bool(cfg.replay_ratio_early) != bool(cfg.replay_ratio_early_steps):
         raise ValueError("--replay-ratio-early and --replay-ratio-early-steps go together: give both (ratio R until "
                          "agent step S), or neither")
@@ -434,6 +485,25 @@ def _validate_head(cfg: TrainConfig) -> None:
     if cfg.loss != "huber":
         raise ValueError(f"--loss {cfg.loss} is for the scalar head; --head {cfg.head} has its own loss "
                          "(c51: cross-entropy, qr: quantile Huber)")
+
+
+def _validate_algorithm(cfg: TrainConfig) -> None:
+    from fastdqn.envs import is_continuous
+
+    continuous = is_continuous(cfg.env.env_id)
+    if cfg.algorithm == "dqn" and continuous:
+        raise ValueError(f"{cfg.env.env_id} has continuous actions: train it with --algorithm td3 (or ddpg); "
+                         "--algorithm dqn needs a task with a set of actions to choose from")
+    if cfg.algorithm != "dqn" and not continuous:
+        raise ValueError(f"--algorithm {cfg.algorithm} is for continuous actions; {cfg.env.env_id} has a set of "
+                         "actions: use --algorithm dqn")
+    if cfg.algorithm != "dqn" and cfg.actors:
+        raise ValueError(f"--actors (distributed acting on Ray) runs --algorithm dqn only for now, not {cfg.algorithm}")
+    if cfg.policy_delay < 1:
+        raise ValueError(f"--policy-delay must be at least 1, got {cfg.policy_delay}")
+    for name in ("exploration_noise", "target_noise", "noise_clip"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
 
 
 def _validate_distributed(cfg: TrainConfig) -> None:

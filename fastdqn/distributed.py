@@ -115,6 +115,7 @@ class RemoteActor:
     def __init__(self, cfg, index: int, obs_shape, num_actions: int, seed: int, restarted: bool | None = None):
         import torch
 
+        from fastdqn.acting import EpsilonGreedy
         from fastdqn.envs import VecEnv
         from fastdqn.hardware import resolve_precision
         from fastdqn.train import build_q_network
@@ -145,7 +146,8 @@ class RemoteActor:
         self.epsilons = epsilon_ladder(cfg.apex_eps, cfg.apex_alpha, cfg.actors * n)[index * n:(index + 1) * n]
         self.version = 0
         self.seq = 0
-        self.actor = Actor(VecEnv(env_cfg), q_network, np.random.default_rng(seeds), device, self.precision)
+        self.actor = Actor(VecEnv(env_cfg), EpsilonGreedy(q_network, num_actions, device, self.precision),
+                           np.random.default_rng(seeds))
         self.pending: Records | None = self.actor.reset()
 
     def collect(self, steps: int, weights: list | None = None, version: int = 0) -> Chunk:
@@ -156,7 +158,7 @@ class RemoteActor:
             import ray
 
             state = weights[0] if isinstance(weights[0], dict) else ray.get(weights[0])
-            self.actor.q_network.load_state_dict(state)
+            self.actor.policy.network.load_state_dict(state)
             self.version = version
         start = time.perf_counter()
         parts = [] if self.pending is None else [_own(self.pending)]

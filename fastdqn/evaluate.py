@@ -16,32 +16,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastdqn.acting import select_actions
+from fastdqn.acting import EpsilonGreedy
 from fastdqn.envs import EnvConfig, VecEnv
 from fastdqn.video import GameRecorder, write_gif
 
 
-def evaluate(q_network, env_cfg: EnvConfig, *, episodes: int, epsilon: float, max_steps: int,
+def evaluate(policy, env_cfg: EnvConfig, *, episodes: int, epsilon: float, max_steps: int,
              device: torch.device, precision: str = "fp32", seed: int = 12345,
              gif_path: str | Path | None = None, recorder: GameRecorder | None = None,
              on_game_end: Callable[[int, int, float], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> dict | None:
-    """``on_game_end(games_done, episodes, mean_so_far)`` is called as games finish. When
-    ``should_stop()`` turns true (Ctrl-C) the evaluation is dropped at once: None."""
+    """``policy`` is an acting rule (fastdqn.acting), or a Q-network to act epsilon-greedily with
+    (on ``device``, in ``precision``). ``on_game_end(games_done, episodes, mean_so_far)`` is called
+    as games finish. When ``should_stop()`` turns true (Ctrl-C) the evaluation is dropped at once:
+    None."""
     cfg = env_cfg.for_evaluation(num_envs=episodes, seed=seed)
     cfg = replace(cfg, max_episode_steps=min(cfg.max_episode_steps, max_steps), num_threads=0)
     env = VecEnv(cfg, render=recorder is not None)
+    if isinstance(policy, torch.nn.Module):
+        policy = EpsilonGreedy(policy, env.num_actions, device, precision)
+    network = policy.network
     rng = np.random.default_rng(seed)
     returns = np.full(episodes, np.nan)
     lengths = np.zeros(episodes, np.int64)
     frames = []
-    was_training = q_network.training
-    q_network.eval()
+    was_training = network.training
+    network.eval()
     step = env.reset()
     while np.isnan(returns).any():
         if should_stop is not None and should_stop():
             env.close()
-            q_network.train(was_training)
+            network.train(was_training)
             return None
         if gif_path is not None and env.atari and np.isnan(returns[0]):
             rows = np.flatnonzero(step.env_ids == 0)
@@ -56,10 +61,10 @@ def evaluate(q_network, env_cfg: EnvConfig, *, episodes: int, epsilon: float, ma
                 if on_game_end is not None:
                     done = ~np.isnan(returns)
                     on_game_end(int(done.sum()), episodes, float(returns[done].mean()))
-        actions = select_actions(q_network, step.obs, epsilon, env.num_actions, rng, device, precision)
+        actions = policy(step.obs, epsilon, rng)
         step = env.step(actions)
     env.close()
-    q_network.train(was_training)
+    network.train(was_training)
     if gif_path is not None and frames:
         write_gif(gif_path, frames)
     return {

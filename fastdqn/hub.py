@@ -39,6 +39,7 @@ def export(run_dir: str | Path, out_dir: str | Path, repo_id: str) -> Path:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     state = checkpoint.load(run_dir / "checkpoint.pt")
     cfg = config_from_dict(state["config"])
+    _require_dqn(cfg, "fastdqn push")
     summary_path = run_dir / "summary.json"
     if not summary_path.exists():
         raise FileNotFoundError(f"no summary.json in {run_dir}: has this run finished an evaluation?")
@@ -162,5 +163,12 @@ def load_agent(source: str | Path) -> tuple[TrainConfig, tuple[int, ...], int, d
     if path.is_dir():
         path = path / "checkpoint.pt"
     state = checkpoint.load(path)
-    return (config_from_dict(state["config"]), tuple(state["obs_shape"]), state["num_actions"],
-            state["learner"]["q_network"])
+    cfg = config_from_dict(state["config"])
+    _require_dqn(cfg, "fastdqn eval")
+    return cfg, tuple(state["obs_shape"]), state["num_actions"], state["learner"]["q_network"]
+
+
+def _require_dqn(cfg: TrainConfig, what: str) -> None:
+    if cfg.algorithm != "dqn":
+        raise ValueError(f"{what} takes runs of --algorithm dqn for now; this one is {cfg.algorithm} (its summary.json "
+                         "and TensorBoard events hold its evaluations)")

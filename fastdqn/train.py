@@ -1,8 +1,12 @@
 """The training loop. It reads in the order of the algorithm:
 
-    act (epsilon-greedy, one forward for the whole env batch) -> step EnvPool -> store the
-    newest frame -> sample prioritized n-step batches -> double-Q update -> priorities back
-    (the learner syncs its target net itself) -> log, evaluate, checkpoint.
+    act (the agent's acting rule, one forward for the whole env batch) -> step EnvPool -> store
+    the newest frame -> sample prioritized n-step batches -> the agent's update -> priorities back
+    (the agent syncs its target nets itself) -> log, evaluate, checkpoint.
+
+The agent is built once (build_agent: the DQN Learner, or a DDPG / TD3 agent for continuous
+actions) and is all the loop knows of the algorithm: an acting rule for training and one for
+evaluation (fastdqn.acting), update / update_many (loss, td_abs, mean_q), set_lr, state_dict.
 
 The acting half is an Actor (actor.py: env pool + policy -> records in the replay's format)
 behind a source, the loop's only view of where records come from:
@@ -34,7 +38,7 @@ import numpy as np
 import torch
 
 from fastdqn import checkpoint, hardware
-from fastdqn.acting import epsilon_at, linear_two_phase
+from fastdqn.acting import EpsilonGreedy, epsilon_at, linear_two_phase
 from fastdqn.actor import Actor, LocalSource, store
 from fastdqn.config import REPLAY_IN_PERIODIC_GB, TrainConfig, check_resumable, new_run_dir, protocol_record, to_dict
 from fastdqn.envs import VecEnv
@@ -100,6 +104,25 @@ def build_learner(cfg: TrainConfig, obs_shape, num_actions: int, device: torch.d
     )
 
 
+def build_agent(cfg: TrainConfig, env, device: torch.device):
+    """(agent, acting rule for training, acting rule for evaluation): the one place the loop names
+    the algorithm. The agent is the DQN Learner, or a fastdqn.agents DDPG / TD3 agent."""
+    if cfg.algorithm == "dqn":
+        learner = build_learner(cfg, env.obs_shape, env.num_actions, device)
+        rule = EpsilonGreedy(learner.q_network, env.num_actions, device, learner.precision)
+        return learner, rule, rule
+    from fastdqn.agents import make_agent
+
+    agent = make_agent(
+        cfg.algorithm, env.obs_shape[0], env.action_low, env.action_high, hidden=(cfg.hidden, cfg.hidden),
+        actor_lr=cfg.lr, critic_lr=cfg.lr, adam_eps=cfg.adam_eps, policy_delay=cfg.policy_delay,
+        target_noise=cfg.target_noise, noise_clip=cfg.noise_clip, tau=cfg.tau,
+        target_update_period=cfg.target_update_period, max_grad_norm=cfg.max_grad_norm, precision=cfg.precision,
+        cuda_graph=cfg.cuda_graph and device.type == "cuda", updates_per_graph=cfg.updates_per_graph,
+        device=device, batch_size=cfg.batch_size)
+    return agent, agent.acting_rule(cfg.exploration_noise), agent.acting_rule(0.0)
+
+
 # The counters a checkpoint carries. schedule_steps drives epsilon, beta and the lr: it follows
 # agent_steps, except while a replay lost on resume refills (the schedules wait for learning).
 # budget_from: the wall second at which --max-minutes started counting (moved to the resume
@@ -117,12 +140,12 @@ def make_rngs(seed: int) -> tuple[np.random.Generator, np.random.SeedSequence]:
     return np.random.default_rng(acting), sampling
 
 
-def build_replay(cfg: TrainConfig, env: VecEnv, device: torch.device, seed) -> PrioritizedReplay:
+def build_replay(cfg: TrainConfig, env: VecEnv, device: torch.device, seed, action_shape=()) -> PrioritizedReplay:
     frames_device = {"numpy": None, "cpu": "cpu", "cuda": device}[cfg.replay_device]
     return PrioritizedReplay(
         cfg.buffer_size, env.num_envs, env.frame_shape, stack=env.stack, n_step=cfg.n_step,
         gamma=cfg.gamma, alpha=cfg.per_alpha, eps=cfg.per_eps, seed=seed, obs_dtype=env.obs_dtype,
-        frames_device=frames_device,
+        frames_device=frames_device, action_shape=action_shape,
     )
 
 
@@ -329,9 +352,8 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
         torch.set_num_threads(cfg.torch_threads or (1 if len(env.obs_shape) == 1 else cores))
     else:  # on a GPU torch's host threads only copy batches: the cores belong to EnvPool's threads
         torch.set_num_threads(cfg.torch_threads or 1)
-    learner = build_learner(cfg, env.obs_shape, env.num_actions, device)
-    q_network = learner.q_network
-    replay = build_replay(cfg, env, device, sampling_seed)
+    learner, acting, evaluating = build_agent(cfg, env, device)
+    replay = build_replay(cfg, env, device, sampling_seed, acting.action_shape)
     if state is not None:
         env_rng_state = rng.bit_generator.state  # the draw of the env seed stays spent
         restore(state, replay_state, learner, replay, rng, counters)
@@ -382,7 +404,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
         steps = counters["agent_steps"]
         recording = (GameRecorder(run_dir / "videos" / f"eval-step{steps:09d}.mp4", real_time_fps(cfg.env))
                      if cfg.capture_video else None)
-        result = evaluate(q_network, cfg.env, episodes=cfg.eval_episodes, epsilon=cfg.eval_eps,
+        result = evaluate(evaluating, cfg.env, episodes=cfg.eval_episodes, epsilon=cfg.eval_eps,
                           max_steps=cfg.eval_max_steps, device=device, precision=learner.precision,
                           seed=cfg.seed + 777 + counters["agent_steps"],
                           gif_path=run_dir / "eval.gif" if final and env.atari else None,
@@ -450,7 +472,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
         log.writer.add_text("distributed", f"{cfg.actors} actors x {env_cfg.num_envs} envs, epsilons "
                             + ", ".join(f"{e:.4g}" for e in source.epsilons), 0)
     else:
-        source = LocalSource(Actor(env, q_network, rng, device, learner.precision), lambda steps: epsilon_at(cfg, steps))
+        source = LocalSource(Actor(env, acting, rng), lambda steps: epsilon_at(cfg, steps))
     try:
         records = source.reset(stop)
         while counters["agent_steps"] < cfg.total_steps:

@@ -40,7 +40,7 @@ from torch import nn
 from fastdqn import hardware
 from fastdqn.learner import BATCH_FIELDS, Learner, _field
 
-__all__ = ["ALGORITHMS", "Actor", "Critic", "TD3", "make_agent"]
+__all__ = ["ALGORITHMS", "Actor", "Critic", "GaussianExploration", "TD3", "make_agent"]
 
 ALGORITHMS = ("ddpg", "td3")
 
@@ -82,15 +82,42 @@ class Critic(nn.Module):
 def make_agent(algorithm: str, obs_dim: int, low, high, *, hidden: Sequence[int] = (256, 256),
                **options) -> "TD3":
     """A DDPG or TD3 agent with fresh MLPs of widths ``hidden`` for an action box [low, high];
-    ``options`` are TD3's keywords (each algorithm's own defaults otherwise)."""
+    ``options`` are TD3's keywords. DDPG always has d = 1 and no target smoothing."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {algorithm!r}")
     action_dim = int(np.size(low))
     twins = 2 if algorithm == "td3" else 1
     if algorithm == "ddpg":
-        options = {"policy_delay": 1, "target_noise": 0.0, **options}
+        options = {**options, "policy_delay": 1, "target_noise": 0.0}
     return TD3(Actor(obs_dim, low, high, hidden), [Critic(obs_dim, action_dim, hidden) for _ in range(twins)],
                low, high, **options)
+
+
+class GaussianExploration:
+    """The continuous agents' acting rule (fastdqn.acting says what a rule is): with probability
+    ``epsilon`` per env a uniform random action in the box (the random warm-up before learning
+    starts is epsilon 1), else mu(s) plus Gaussian noise of std ``noise_scale`` * half the range,
+    clipped to the box; float32 (B, A). ``noise_scale`` 0: the deterministic policy (evaluation)."""
+
+    action_dtype = np.float32
+
+    def __init__(self, network: nn.Module, low, high, noise_scale: float, device: torch.device, precision: str):
+        self.network, self.noise_scale, self.device, self.precision = network, float(noise_scale), device, precision
+        self.low, self.high = np.asarray(low, np.float32).reshape(-1), np.asarray(high, np.float32).reshape(-1)
+        self.action_shape = self.low.shape
+
+    @torch.no_grad()
+    def __call__(self, obs: np.ndarray, epsilon, rng: np.random.Generator) -> np.ndarray:
+        batch = len(obs)
+        explore = rng.random(batch) < epsilon if np.any(epsilon) else np.zeros(batch, bool)
+        actions = rng.uniform(self.low, self.high, (batch, *self.action_shape)) if explore.any() else None
+        if not explore.all():
+            with hardware.autocast(self.device, self.precision):
+                mu = self.network(torch.as_tensor(obs, device=self.device)).float().cpu().numpy()
+            if self.noise_scale > 0.0:
+                mu = mu + rng.standard_normal(mu.shape) * (self.noise_scale * (self.high - self.low) / 2)
+            actions = mu if actions is None else np.where(explore[:, None], actions, mu)
+        return np.clip(actions, self.low, self.high).astype(np.float32)
 
 
 def _tensor(batch: Any, name: str) -> torch.Tensor:
@@ -198,16 +225,14 @@ class TD3:
 
     # ------------------------------------------------------------------------ acting
 
-    @torch.no_grad()
+    def acting_rule(self, noise_scale: float) -> GaussianExploration:
+        """The rule the loop acts (``noise_scale`` > 0) and evaluates (0) with, on this actor."""
+        return GaussianExploration(self.actor, self._low_np, self._high_np, noise_scale, self.device, self.precision)
+
     def act(self, obs: np.ndarray, noise_scale: float = 0.0, rng: np.random.Generator | None = None) -> np.ndarray:
         """mu(s) for a batch of observations, plus Gaussian noise of std ``noise_scale`` * half
         the action range when > 0 (exploration), clipped to the bounds; float32 (B, A)."""
-        with self.autocast():
-            actions = self.actor(torch.as_tensor(obs, device=self.device)).float().cpu().numpy()
-        if noise_scale > 0.0:
-            half = (self._high_np - self._low_np) / 2
-            actions = actions + rng.standard_normal(actions.shape) * (noise_scale * half)
-        return np.clip(actions, self._low_np, self._high_np).astype(np.float32)
+        return self.acting_rule(noise_scale)(obs, 0.0, rng)
 
     # ----------------------------------------------------------------------- the update
 

@@ -9,10 +9,11 @@ with ``weights_only=True``. Saving never leaves a moment without a complete chec
     3. ``<name>.tmp`` is renamed over ``<name>`` (atomic), and the directory is fsynced.
 
 The replay, when saved, is a second file ``<stem>.replay-<stamp>.npz`` (NumPy arrays only,
-loaded with ``allow_pickle=False``), written and fsynced BEFORE the checkpoint that names it, and
-AFTER the same checkpoint without it: the weights, counters and optimizer are on disk before the
-long replay write starts (7 GB for a 1M Atari replay), so a full disk (or a kill) during it loses
-the replay only; ``save`` then leaves the checkpoint without a replay and says why.
+loaded with ``allow_pickle=False``), written and fsynced BEFORE the checkpoint that names it: a
+kill during the long replay write (7 GB for a 1M Atari replay) leaves the previous checkpoint and
+its replay in place. A replay that cannot be written (a full disk) is left out: the checkpoint
+goes in place without it, so the stop step's weights, counters and optimizer are never lost, and
+``save`` says why.
 The checkpoint records the replay's file name and stamp (agent step + random id), and the
 replay file holds the same stamp: a replay from another step is refused, never paired with
 these weights. Replay files that the current checkpoint does not name are deleted once it is
@@ -92,7 +93,9 @@ def save(path: str | Path, payload: dict, replay_state: dict | None = None) -> s
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, **payload, "replay": None}
-    _put_in_place(path, payload, keep_previous=True)  # the weights first
+    # The replay first, then the checkpoint naming it: whenever the process dies, the checkpoint in
+    # place names a replay file that is complete. If the replay cannot be written (a full disk), the
+    # checkpoint goes in place without one, so the stop step's weights are never lost.
     problem = keep = None
     if replay_state is not None:
         steps = int(payload.get("counters", {}).get("agent_steps", 0))
@@ -102,14 +105,13 @@ def save(path: str | Path, payload: dict, replay_state: dict | None = None) -> s
         try:
             _write_durably(rtmp, lambda f: np.savez(f, replay_stamp=np.asarray(stamp), **replay_state))
             os.replace(rtmp, rpath)
+            payload["replay"], keep = {"file": rpath.name, "stamp": stamp}, rpath.name
         except OSError as exc:
             problem = f"the replay could not be written to {rpath.parent} ({exc.strerror or exc})"
         finally:
             if rtmp.exists():
                 os.unlink(rtmp)
-        if problem is None:  # the same checkpoint, now naming its replay (.prev stays the one before)
-            _put_in_place(path, {**payload, "replay": {"file": rpath.name, "stamp": stamp}}, keep_previous=False)
-            keep = rpath.name
+    _put_in_place(path, payload, keep_previous=True)
     for stale in path.parent.glob(f"{path.stem}.replay-*"):  # older replays, and any a crash left half-written
         if stale.name != keep:
             os.unlink(stale)
@@ -123,7 +125,7 @@ def _put_in_place(path: Path, payload: dict, keep_previous: bool) -> None:
         try:
             _write_durably(tmp, lambda f: torch.save(payload, f))
         except OSError as exc:
-            raise CheckpointError(f"cannot write checkpoint {path} ({exc.strerror or exc}); the last complete "
+            problem = f"the replay could not be written to {rpath.parent} ({exc.strerror or exc})" CheckpointError(f"cannot write checkpoint {path} ({exc.strerror or exc}); the last complete "
                                   "checkpoint is intact") from None
         if keep_previous:
             _keep_as_previous(path)
@@ -169,7 +171,7 @@ class RunLock:
             holder = self.file.read().strip() or "?"
             self.file.close()
             self.file = None
-            raise ValueError(f"--run-dir {self.path.parent} is in use by another fastdqn process (pid {holder}): "
+            problem = f"the replay could not be written to {rpath.parent} ({exc.strerror or exc})" ValueError(f"--run-dir {self.path.parent} is in use by another fastdqn process (pid {holder}): "
                              "wait for it to end, or use another --run-dir") from None
         self.file.truncate(0)
         self.file.write(f"{os.getpid()}\n")
@@ -219,7 +221,7 @@ def load_latest(path: str | Path, quiet: bool = False) -> tuple[dict, Path]:
     except CheckpointError as exc:
         prev = prev_path(path)
         if not prev.exists():
-            raise
+            problem = f"the replay could not be written to {rpath.parent} ({exc.strerror or exc})"
         payload = load(prev)
         if not quiet:
             print(f"warning: {exc}; resuming from the previous checkpoint {prev} "
@@ -248,7 +250,7 @@ def _read_npz(path: Path) -> dict:
                 np.lib.format.read_array_header_2_0
             shape, fortran, dtype = read_header(f)
             if dtype.hasobject:
-                raise ValueError(f"{info.filename} holds Python objects")
+                problem = f"the replay could not be written to {rpath.parent} ({exc.strerror or exc})" ValueError(f"{info.filename} holds Python objects")
             out[name] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
                                   order="F" if fortran else "C")
     return out

@@ -137,12 +137,10 @@ def test_a_suite_goes_on_past_a_game_whose_learner_diverged_and_reports(tmp_path
 
 def test_a_full_disk_at_the_replay_write_keeps_the_final_checkpoint(tmp_path, monkeypatch, capsys):
     """ENOSPC while the final replay is written: the weights, counters and optimizer of the last step
-    are on disk before that write starts; the run ends normally, saying the replay was not saved."""
+    still go in place (without the replay); the run ends normally, saying the replay was not saved."""
     run_dir = tmp_path / "run"
-    on_disk_before = []
 
     def full_disk(file, **arrays):
-        on_disk_before.append(checkpoint.load(run_dir / "checkpoint.pt")["counters"]["agent_steps"])
         file.write(b"\0" * 100)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -150,7 +148,7 @@ def test_a_full_disk_at_the_replay_write_keeps_the_final_checkpoint(tmp_path, mo
     summary = train(cartpole(run_dir), progress=False)
     assert summary["stop_reason"] == "total_steps reached"
     state = checkpoint.load(run_dir / "checkpoint.pt")
-    assert state["counters"]["agent_steps"] == summary["agent_steps"] == on_disk_before[-1]
+    assert state["counters"]["agent_steps"] == summary["agent_steps"]
     assert checkpoint.load_replay(run_dir / "checkpoint.pt", state) == (None, "this checkpoint was saved without "
                                                                                "the replay")
     assert "warning: the replay could not be written" in capsys.readouterr().err

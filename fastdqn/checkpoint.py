@@ -125,7 +125,7 @@ def _put_in_place(path: Path, payload: dict, keep_previous: bool) -> None:
         try:
             _write_durably(tmp, lambda f: torch.save(payload, f))
         except OSError as exc:
-            problem = f"the replay could not be written to {rpath.parent} ({exc.strerror or exc})" CheckpointError(f"cannot write checkpoint {path} ({exc.strerror or exc}); the last complete "
+            raise CheckpointError(f"cannot write checkpoint {path} ({exc.strerror or exc}); the last complete "
                                   "checkpoint is intact") from None
         if keep_previous:
             _keep_as_previous(path)
@@ -171,7 +171,7 @@ class RunLock:
             holder = self.file.read().strip() or "?"
             self.file.close()
             self.file = None
-            problem = f"the replay could not be written to {rpath.parent} ({exc.strerror or exc})" ValueError(f"--run-dir {self.path.parent} is in use by another fastdqn process (pid {holder}): "
+            raise ValueError(f"--run-dir {self.path.parent} is in use by another fastdqn process (pid {holder}): "
                              "wait for it to end, or use another --run-dir") from None
         self.file.truncate(0)
         self.file.write(f"{os.getpid()}\n")
@@ -221,7 +221,7 @@ def load_latest(path: str | Path, quiet: bool = False) -> tuple[dict, Path]:
     except CheckpointError as exc:
         prev = prev_path(path)
         if not prev.exists():
-            problem = f"the replay could not be written to {rpath.parent} ({exc.strerror or exc})"
+            raise
         payload = load(prev)
         if not quiet:
             print(f"warning: {exc}; resuming from the previous checkpoint {prev} "
@@ -250,7 +250,7 @@ def _read_npz(path: Path) -> dict:
                 np.lib.format.read_array_header_2_0
             shape, fortran, dtype = read_header(f)
             if dtype.hasobject:
-                problem = f"the replay could not be written to {rpath.parent} ({exc.strerror or exc})" ValueError(f"{info.filename} holds Python objects")
+                raise ValueError(f"{info.filename} holds Python objects")
             out[name] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
                                   order="F" if fortran else "C")
     return out

@@ -400,3 +400,13 @@ def test_cuda_graph_of_a_distributional_head_equals_eager_updates(head, monkeypa
         torch.testing.assert_close(out["td_abs"], torch.stack([r["td_abs"] for r in ref]), rtol=1e-4, atol=1e-5)
     for a, b in zip(graph.q_network.parameters(), eager.q_network.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_quantile_huber_loss_gradient_matches_finite_differences():
+    # the loss carries its own gradient (one pass over the pairs): checked against torch's numerical one
+    rng = np.random.default_rng(2)
+    quantiles = torch.tensor(rng.normal(size=(3, 5)) * 1.5, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor(rng.normal(size=(3, 7)) * 1.5, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda q: quantile_huber_loss(q, targets), (quantiles,))
+    with pytest.raises(ValueError, match="constants"):
+        quantile_huber_loss(quantiles, targets.requires_grad_())

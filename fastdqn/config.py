@@ -20,6 +20,9 @@ from fastdqn.envs import validate as validate_env
 
 REPLAY_IN_PERIODIC_GB = 1.0  # save_replay=auto: periodic checkpoints include a replay up to this size
 
+# Algorithms that learn from a rollout of their current policy (fastdqn.rollout) instead of a replay.
+ON_POLICY = ("a2c", "pqn")
+
 
 def _f(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
@@ -63,8 +66,10 @@ class TrainConfig:
     algorithm: str = _f("dqn", "dqn: the DQN family, for discrete actions (the flags of the Q-network, its head and its "
                         "loss below); ddpg or td3 (Fujimoto et al. 2018): an actor and one / twin critics for continuous "
                         "actions (MuJoCo tasks; --policy-delay, --target-noise, --noise-clip, --exploration-noise); "
-                        "fastdqn envs lists the tasks of each kind",
-                        choices=("dqn", "ddpg", "td3"))
+                        "a2c (Mnih et al. 2016, synchronous) or pqn (Gallici et al. 2024): on-policy agents for discrete "
+                        "actions that learn from rollouts of --rollout-steps per env instead of a replay (the on-policy "
+                        "flags; the replay's are not used). fastdqn envs lists the tasks of each kind; docs/agents.md "
+                        "says when to pick which", choices=("dqn", "ddpg", "td3", "a2c", "pqn"))
     dueling: bool = _f(True, "dueling head Q = V + A - mean(A)")
     head: str = _f("scalar", "what the Q-network outputs per action: scalar (Q itself, DQN), c51 (a distribution on "
                    "--num-atoms fixed atoms in [--v-min, --v-max], cross-entropy to the projected n-step target; "
@@ -80,7 +85,9 @@ class TrainConfig:
                     "arithmetic)", choices=("nature", "nips"))
     double_q: bool = _f(True, "double-Q target (online argmax, target value); off = max over the target net")
     loss: str = _f("huber", "huber, mse (0.5 delta^2) or pseudo_huber (sqrt(delta^2 + 1) - 1)", choices=("huber", "mse", "pseudo_huber"))
-    optimizer: str = _f("adam", "adam or rmsprop", choices=("adam", "rmsprop"))
+    optimizer: str = _f("adam", "adam or rmsprop (dqn: the Nature DQN's; a2c / pqn: A2C's, alpha 0.99, eps 1e-5); "
+                        "a2c / pqn also radam (CleanRL's PQN optimizer, eps --adam-eps)",
+                        choices=("adam", "rmsprop", "radam"))
     lr: float = _f(1e-4, "learning rate (from the first update; see --lr-decay-end for a schedule)")
     lr_final: float = _f(0.0, "with --lr-decay-end: the learning rate reached there, linearly from --lr")
     lr_decay_start: int = _f(0, "with --lr-decay-end: the agent step at which the learning rate starts to fall")
@@ -106,7 +113,8 @@ class TrainConfig:
     eps_final: float = _f(0.01, "final epsilon (linear: reached at eps_final_steps; exp: the floor)")
     eps_final_steps: int = _f(5_000_000, "linear: end of the second, slower phase")
     eps_decay_steps: int = _f(250_000, "exp: time constant of the decay, in agent steps")
-    eval_eps: float = _f(0.01, "epsilon during evaluation")
+    eval_eps: float = _f(0.01, "epsilon during evaluation (a2c: not used; its evaluation plays the policy's most "
+                               "probable action, its training samples the policy)")
     # --- continuous actions (--algorithm ddpg / td3; in the exploration and learner groups of --help)
     exploration_noise: float = _f(0.1, "ddpg / td3: std of the Gaussian noise added to the actor's actions while "
                                        "training, in units of half the action range (epsilon is then the chance of a "
@@ -115,6 +123,19 @@ class TrainConfig:
     target_noise: float = _f(0.2, "td3: std of the target-policy smoothing noise, in units of half the action range "
                                   "(ddpg: none)")
     noise_clip: float = _f(0.5, "td3: the smoothing noise is clipped to +-this (units of half the action range)")
+    # --- on-policy agents (--algorithm a2c / pqn)
+    rollout_steps: int = _f(5, "a2c / pqn: agent steps per env in each rollout (T); the agent learns once the rollout "
+                               "holds T steps of every env, then collects the next (A2C's 5; CleanRL's PQN on Atari: "
+                               "128)")
+    gae_lambda: float = _f(1.0, "a2c: lambda of the GAE(lambda) advantages; 1 = n-step returns to the rollout's end, "
+                                "bootstrapped there (A2C's)")
+    q_lambda: float = _f(0.65, "pqn: lambda of the Q(lambda) targets (0 = one-step Q-learning targets)")
+    entropy_coef: float = _f(0.01, "a2c: weight beta of the entropy bonus in the loss")
+    value_coef: float = _f(0.5, "a2c: weight of the value loss (G - V)^2 in the loss")
+    shared_torso: bool = _f(True, "a2c: the policy and value heads share one torso; --no-shared-torso gives each its "
+                                  "own (A3C's separate policy and value networks)")
+    update_epochs: int = _f(4, "pqn: passes over each rollout (K)")
+    num_minibatches: int = _f(4, "pqn: minibatches per pass; they split the rollout's T x num-envs transitions evenly")
     # --- evaluation, logging, checkpoints
     eval_interval: int = _f(250_000, "agent steps between evaluations; 0 = only at the end")
     eval_episodes: int = _f(8, "full games per evaluation (one per eval env)")
@@ -254,6 +275,36 @@ PRESETS: dict[str, dict] = {
 PRESETS["breakout-cpu-nips"] = dict(PRESETS["breakout-cpu"], torso="nips", hidden=256, replay_ratio=4.0,
                                     batch_size=64, target_update_period=500, lr=5e-4)
 PRESETS["halfcheetah"] = dict(_MUJOCO_TD3, env=dict(env_id="HalfCheetah-v4", num_envs=1))
+# On-policy agents: no replay; epsilon is PQN's alone (A2C samples its policy: its epsilons are 0).
+_CARTPOLE_ON_POLICY = dict(eval_eps=0.0, eval_interval=10_000, eval_episodes=8, eval_max_steps=500, log_interval=2_000,
+                           checkpoint_interval=50_000, target_score=500.0)
+PRESETS["cartpole-a2c"] = dict(
+    _CARTPOLE_ON_POLICY, algorithm="a2c", env=dict(env_id="CartPole-v1", num_envs=16), total_steps=300_000,
+    rollout_steps=8, hidden=128, shared_torso=False, optimizer="adam", lr=1e-3, adam_eps=1e-5, lr_final=0.0,
+    lr_decay_end=300_000, max_grad_norm=0.5, entropy_coef=0.01, value_coef=0.5, eps_start=0.0, eps_mid=0.0,
+    eps_final=0.0)
+PRESETS["cartpole-pqn"] = dict(
+    _CARTPOLE_ON_POLICY, algorithm="pqn", env=dict(env_id="CartPole-v1", num_envs=16), total_steps=200_000,
+    rollout_steps=32, update_epochs=4, num_minibatches=4, hidden=128, optimizer="radam", lr=1e-3, adam_eps=1e-8,
+    max_grad_norm=10.0, q_lambda=0.65, eps_start=1.0, eps_mid=0.05, eps_mid_steps=50_000, eps_final=0.05,
+    eps_final_steps=50_000)
+# Breakout, the papers' settings (10M agent steps; for a GPU). A2C as OpenAI baselines' (Mnih et al. 2016's
+# synchronous form): 16 envs x 5 steps, RMSprop 7e-4 (alpha 0.99, eps 1e-5) decayed linearly to 0, entropy 0.01,
+# value 0.5, gradient clip 0.5, n-step returns, Nature torso with fc 512. PQN as CleanRL's pqn_atari_envpool.py:
+# 8 envs x 128 steps, 4 epochs x 4 minibatches, RAdam 2.5e-4 decayed linearly to 0, Q(0.65), gradient clip 10,
+# epsilon 1 -> 0.01 over the first 1M agent steps, Nature torso with LayerNorm.
+_BREAKOUT_ON_POLICY = dict(total_steps=10_000_000, torso="nature", hidden=512, gamma=0.99, lr_final=0.0,
+                           lr_decay_start=0, lr_decay_end=10_000_000, eval_interval=250_000,
+                           checkpoint_interval=250_000)
+PRESETS["breakout-a2c"] = dict(
+    _BREAKOUT_ON_POLICY, algorithm="a2c", env=dict(env_id="Breakout-v5", num_envs=16), rollout_steps=5,
+    optimizer="rmsprop", lr=7e-4, max_grad_norm=0.5, entropy_coef=0.01, value_coef=0.5, gae_lambda=1.0,
+    eps_start=0.0, eps_mid=0.0, eps_final=0.0, eval_eps=0.0)
+PRESETS["breakout-pqn"] = dict(
+    _BREAKOUT_ON_POLICY, algorithm="pqn", env=dict(env_id="Breakout-v5", num_envs=8), rollout_steps=128,
+    update_epochs=4, num_minibatches=4, optimizer="radam", lr=2.5e-4, adam_eps=1e-8, max_grad_norm=10.0,
+    q_lambda=0.65, eps_start=1.0, eps_mid=0.01, eps_mid_steps=1_000_000, eps_final=0.01,
+    eps_final_steps=1_000_000)
 PRESETS["hopper"] = dict(_MUJOCO_TD3, env=dict(env_id="Hopper-v4", num_envs=1))
 PRESETS["walker2d"] = dict(_MUJOCO_TD3, env=dict(env_id="Walker2d-v4", num_envs=1))
 
@@ -267,6 +318,14 @@ PRESET_PURPOSE = {
     "halfcheetah": "TD3 on HalfCheetah-v4 (MuJoCo), CleanRL's settings: 1M agent steps, one batch-256 update per step",
     "hopper": "TD3 on Hopper-v4 (MuJoCo), CleanRL's settings: 1M agent steps, one batch-256 update per step",
     "walker2d": "TD3 on Walker2d-v4 (MuJoCo), CleanRL's settings: 1M agent steps, one batch-256 update per step",
+    "cartpole-a2c": "A2C on CartPole-v1: 16 envs x 8-step rollouts, one Adam step each, separate 128-unit policy and "
+                    "value MLPs, lr 1e-3 to 0; solves (eval 500, greedy) in well under a minute on 2 cores",
+    "cartpole-pqn": "PQN on CartPole-v1: 16 envs x 32-step rollouts, 4 epochs x 4 minibatches, LayerNorm MLP, "
+                    "Q(0.65); solves (eval 500) in a few minutes on 2 cores",
+    "breakout-a2c": "A2C on Breakout, OpenAI baselines' settings (16 envs x 5 steps, RMSprop 7e-4 to 0, entropy 0.01, "
+                    "clip 0.5, n-step returns), 10M agent steps: a GPU's",
+    "breakout-pqn": "PQN on Breakout, CleanRL's pqn_atari_envpool settings (8 envs x 128 steps, 4 x 4 minibatches, "
+                    "RAdam 2.5e-4 to 0, Q(0.65), epsilon to 0.01 by 1M), 10M agent steps: a GPU's",
 }
 
 
@@ -294,6 +353,8 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "logging": ("log_interval", "progress_interval", "track", "wandb_project", "wandb_entity"),
     "checkpoints": ("checkpoint_interval", "save_replay", "resume"),
     "hardware": ("device", "torch_threads", "replay_device", "precision", "compile", "cuda_graph", "updates_per_graph"),
+    "on-policy (a2c, pqn)": ("rollout_steps", "gae_lambda", "q_lambda", "entropy_coef", "value_coef", "shared_torso",
+                            "update_epochs", "num_minibatches"),
     "distributed": ("actors", "ray_address", "actor_cpus", "apex_eps", "apex_alpha", "weights_every", "chunk_steps",
                     "max_inflight", "ratio_tolerance", "actor_restarts"),
 }
@@ -396,8 +457,12 @@ FIXED_ON_RESUME = {
                   "repeat_action_probability", "episodic_life", "reward_clip", "noop_max", "use_fire_reset",
                   "max_episode_steps"),
     "TrainConfig": ("algorithm", "buffer_size", "n_step", "gamma", "per_alpha", "per_eps", "dueling", "head", "num_atoms", "v_min",
-                    "v_max", "hidden", "torso", "optimizer"),
+                    "v_max", "hidden", "torso", "optimizer", "rollout_steps", "shared_torso"),
 }
+
+
+# Fields a run saved before they existed did not record: the value such a run had.
+_ADDED_LATER = {"algorithm": "dqn", "rollout_steps": 5, "shared_torso": True}
 
 
 def check_resumable(saved: dict, cfg: TrainConfig, run_dir) -> None:
@@ -406,7 +471,10 @@ def check_resumable(saved: dict, cfg: TrainConfig, run_dir) -> None:
     for owner, before, now, flag_of in (("EnvConfig", saved["env"], cfg.env, _env_flag),
                                         ("TrainConfig", saved, cfg, _flag)):
         for name in FIXED_ON_RESUME[owner]:
-            was = before.get(name, "dqn") if name == "algorithm" else before[name]  # (runs before it: dqn)
+            if name not in before and name in _ADDED_LATER:  # (runs from before the field: its default)
+                was = _ADDED_LATER[name]
+            else:
+                was = before[name]
             if getattr(now, name) != was:
                 flag = flag_of(name)
                 raise ValueError(f"{flag} cannot change on --resume (the run in {run_dir} was started with {flag} "
@@ -449,12 +517,18 @@ def validate(cfg: TrainConfig) -> None:
     if bool(cfg.replay_ratio_early) != bool(cfg.replay_ratio_early_steps):
         raise ValueError("--replay-ratio-early and --replay-ratio-early-steps go together: give both (ratio R until "
                          "agent step S), or neither")
+    if cfg.optimizer == "radam" and cfg.algorithm not in ON_POLICY:
+        raise ValueError(f"--optimizer radam is for --algorithm a2c / pqn; --algorithm {cfg.algorithm} takes adam or "
+                         "rmsprop")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ValueError(f"--device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     if cfg.replay_device == "cuda" and not cfg.device.startswith("cuda"):
         raise ValueError(f"--replay-device cuda needs --device cuda (got --device {cfg.device}): the "
                          "frames would live on the GPU while the learner runs elsewhere")
-    _validate_replay_size(cfg)
+    if cfg.algorithm in ON_POLICY:
+        _validate_on_policy(cfg)
+    else:
+        _validate_replay_size(cfg)
     _validate_distributed(cfg)
 
 
@@ -491,10 +565,10 @@ def _validate_algorithm(cfg: TrainConfig) -> None:
     from fastdqn.envs import is_continuous
 
     continuous = is_continuous(cfg.env.env_id)
-    if cfg.algorithm == "dqn" and continuous:
+    if cfg.algorithm in ("dqn", *ON_POLICY) and continuous:
         raise ValueError(f"{cfg.env.env_id} has continuous actions: train it with --algorithm td3 (or ddpg); "
-                         "--algorithm dqn needs a task with a set of actions to choose from")
-    if cfg.algorithm != "dqn" and not continuous:
+                         f"--algorithm {cfg.algorithm} needs a task with a set of actions to choose from")
+    if cfg.algorithm in ("ddpg", "td3") and not continuous:
         raise ValueError(f"--algorithm {cfg.algorithm} is for continuous actions; {cfg.env.env_id} has a set of "
                          "actions: use --algorithm dqn")
     if cfg.algorithm != "dqn" and cfg.actors:
@@ -504,6 +578,32 @@ def _validate_algorithm(cfg: TrainConfig) -> None:
     for name in ("exploration_noise", "target_noise", "noise_clip"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
+
+
+def _validate_on_policy(cfg: TrainConfig) -> None:
+    """--algorithm a2c / pqn: the on-policy flags (the replay's are not used)."""
+    env = cfg.env
+    if env.batch_size not in (0, env.num_envs):
+        raise ValueError(f"--algorithm {cfg.algorithm} steps every env of the pool together (its rollout has T steps "
+                         f"of each): drop --env-batch-size {env.batch_size}, or set it to --num-envs {env.num_envs}")
+    for name in ("rollout_steps", "update_epochs", "num_minibatches"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{_flag(name)} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("gae_lambda", "q_lambda"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise ValueError(f"{_flag(name)} must be in [0, 1], got {getattr(cfg, name)}")
+    for name in ("entropy_coef", "value_coef"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{_flag(name)} must be >= 0, got {getattr(cfg, name)}")
+    transitions = cfg.rollout_steps * env.num_envs
+    if cfg.algorithm == "pqn" and transitions % cfg.num_minibatches:
+        raise ValueError(f"--num-minibatches {cfg.num_minibatches} does not divide a rollout's --rollout-steps "
+                         f"{cfg.rollout_steps} x --num-envs {env.num_envs} = {transitions} transitions evenly: pick a "
+                         "divisor of it")
+    if transitions > cfg.total_steps:
+        raise ValueError(f"a rollout (--rollout-steps {cfg.rollout_steps} x --num-envs {env.num_envs} = {transitions} "
+                         f"agent steps) is longer than --total-steps {cfg.total_steps}: the run would end before its "
+                         "first update")
 
 
 def _validate_distributed(cfg: TrainConfig) -> None:

@@ -4,9 +4,12 @@
     the newest frame -> sample prioritized n-step batches -> the agent's update -> priorities back
     (the agent syncs its target nets itself) -> log, evaluate, checkpoint.
 
-The agent is built once (build_agent: the DQN Learner, or a DDPG / TD3 agent for continuous
-actions) and is all the loop knows of the algorithm: an acting rule for training and one for
-evaluation (fastdqn.acting), update / update_many (loss, td_abs, mean_q), set_lr, state_dict.
+The agent is built once (build_agent: the DQN Learner, a DDPG / TD3 agent for continuous
+actions, or an on-policy A2C / PQN agent) and is all the loop knows of the algorithm: an acting
+rule for training and one for evaluation (fastdqn.acting), set_lr, state_dict, and, with it, its
+store and learning step (build_store): the replay and ``learn`` (the replay ratio's credit spent
+in update / update_many) for the replay agents, a rollout (fastdqn.rollout) and
+``learn_from_rollout`` (one learning step per T steps of every env) for the on-policy ones.
 
 The acting half is an Actor (actor.py: env pool + policy -> records in the replay's format)
 behind a source, the loop's only view of where records come from:
@@ -19,7 +22,7 @@ behind a source, the loop's only view of where records come from:
     source.epsilon(schedule_steps), scalars(), summary(), close()
 
 Everything else (replay, rate-limited updates, priorities, target sync, logging, evaluation,
-checkpoints) is the same code in both modes.
+checkpoints) is the same code in both modes (the on-policy agents run in the local one).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import torch
 from fastdqn import checkpoint, hardware
 from fastdqn.acting import EpsilonGreedy, epsilon_at, linear_two_phase
 from fastdqn.actor import Actor, LocalSource, store
-from fastdqn.config import REPLAY_IN_PERIODIC_GB, TrainConfig, check_resumable, new_run_dir, protocol_record, to_dict
+from fastdqn.config import ON_POLICY, REPLAY_IN_PERIODIC_GB, TrainConfig, check_resumable, new_run_dir, protocol_record, to_dict
 from fastdqn.envs import VecEnv
 from fastdqn.evaluate import evaluate
 from fastdqn.interrupts import Abort, StopRequests
@@ -50,6 +53,7 @@ from fastdqn.paths import require_writable
 from fastdqn.progress import Progress
 from fastdqn.replay import PrioritizedReplay
 from fastdqn.replay.buffer import NonFiniteTDError
+from fastdqn.rollout import RolloutStore
 from fastdqn.runlog import RunLog
 from fastdqn.tracking import require_wandb
 from fastdqn.video import GameRecorder, real_time_fps, require_encoder
@@ -105,12 +109,16 @@ def build_learner(cfg: TrainConfig, obs_shape, num_actions: int, device: torch.d
 
 
 def build_agent(cfg: TrainConfig, env, device: torch.device):
-    """(agent, acting rule for training, acting rule for evaluation): the one place the loop names
-    the algorithm. The agent is the DQN Learner, or a fastdqn.agents DDPG / TD3 agent."""
+    """(agent, acting rule for training, acting rule for evaluation): with build_store, the one place
+    the loop names the algorithm. The agent is the DQN Learner, a fastdqn.agents DDPG / TD3 agent,
+    or an on-policy one: A2C (samples its policy while training, greedy in evaluation) or PQN
+    (epsilon-greedy, as DQN)."""
     if cfg.algorithm == "dqn":
         learner = build_learner(cfg, env.obs_shape, env.num_actions, device)
         rule = EpsilonGreedy(learner.q_network, env.num_actions, device, learner.precision)
         return learner, rule, rule
+    if cfg.algorithm in ON_POLICY:
+        return build_on_policy_agent(cfg, env, device)
     from fastdqn.agents import make_agent
 
     agent = make_agent(
@@ -121,6 +129,25 @@ def build_agent(cfg: TrainConfig, env, device: torch.device):
         cuda_graph=cfg.cuda_graph and device.type == "cuda", updates_per_graph=cfg.updates_per_graph,
         device=device, batch_size=cfg.batch_size)
     return agent, agent.acting_rule(cfg.exploration_noise), agent.acting_rule(0.0)
+
+
+def build_on_policy_agent(cfg: TrainConfig, env, device: torch.device):
+    common = dict(optimizer=cfg.optimizer, lr=cfg.lr, adam_eps=cfg.adam_eps, max_grad_norm=cfg.max_grad_norm,
+                  precision=cfg.precision, device=device, batch_size=cfg.rollout_steps * env.num_envs)
+    if cfg.algorithm == "a2c":
+        from fastdqn.agents.a2c import A2C, ActorCritic
+
+        network = ActorCritic(env.obs_shape, env.num_actions, cfg.hidden, cfg.torso, shared=cfg.shared_torso)
+        agent = A2C(network, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, entropy_coef=cfg.entropy_coef,
+                    value_coef=cfg.value_coef, **common)
+        return agent, agent.acting_rule(greedy=False), agent.acting_rule(greedy=True)
+    from fastdqn.agents.pqn import PQN, LayerNormQNetwork
+
+    network = LayerNormQNetwork(env.obs_shape, env.num_actions, cfg.hidden, cfg.torso)
+    agent = PQN(network, env.num_actions, gamma=cfg.gamma, q_lambda=cfg.q_lambda, epochs=cfg.update_epochs,
+                minibatches=cfg.num_minibatches, **common)
+    rule = agent.acting_rule()
+    return agent, rule, rule
 
 
 # The counters a checkpoint carries. schedule_steps drives epsilon, beta and the lr: it follows
@@ -147,6 +174,17 @@ def build_replay(cfg: TrainConfig, env: VecEnv, device: torch.device, seed, acti
         gamma=cfg.gamma, alpha=cfg.per_alpha, eps=cfg.per_eps, seed=seed, obs_dtype=env.obs_dtype,
         frames_device=frames_device, action_shape=action_shape,
     )
+
+
+def build_store(cfg: TrainConfig, env, device: torch.device, seed, action_shape=()):
+    """(store, learning step, learning_starts): the agent's store and how the loop learns from it.
+    Replay agents: the replay, ``learn`` (the replay ratio) and --learning-starts; on-policy agents:
+    a rollout of --rollout-steps per env, ``learn_from_rollout`` and 0 (they learn from the start)."""
+    if cfg.algorithm in ON_POLICY:
+        store = RolloutStore(cfg.rollout_steps, env.num_envs, env.frame_shape, env.stack, env.obs_dtype, action_shape,
+                             seed=seed)
+        return store, learn_from_rollout, 0
+    return build_replay(cfg, env, device, seed, action_shape), learn, cfg.learning_starts
 
 
 def update_replay_window(cfg: TrainConfig, replay: PrioritizedReplay, agent_steps: int) -> None:
@@ -202,15 +240,38 @@ def restore(state: dict, replay_state: dict | None, learner: Learner, replay: Pr
 
 
 def learn(cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, counters: dict, new_steps: int,
-          stats: dict) -> None:
+          stats: dict) -> int:
     """Keep the replay ratio (replay_ratio_at) sampled transitions per agent step on average: credit
-    the new steps, spend the credit in whole updates (in groups of K on a CUDA graph)."""
+    the new steps, spend the credit in whole updates (in groups of K on a CUDA graph). Returns the
+    transitions sampled."""
     counters["credit"] += replay_ratio_at(cfg, counters["schedule_steps"]) * new_steps / cfg.batch_size
     beta = beta_at(cfg, counters["schedule_steps"])
     group = update_group(learner)
+    made = 0
     while counters["credit"] >= group:
         counters["credit"] -= group
         update(cfg, learner, replay, counters, beta, stats)
+        made += group
+    return made * cfg.batch_size
+
+
+def learn_from_rollout(cfg: TrainConfig, agent, rollout: RolloutStore, counters: dict, new_steps: int,
+                       stats: dict) -> int:
+    """The on-policy agents' learning step, in place of ``learn``: nothing until the rollout holds T
+    steps of every env, then the agent's update on it (A2C: one step; PQN: K epochs x M minibatches)
+    and the next rollout starts from its last observations. Returns the transitions sampled."""
+    if not rollout.full:
+        return 0
+    if cfg.lr_decay_end:
+        agent.set_lr(lr_at(cfg, counters["schedule_steps"]))
+    out = agent.learn(rollout.batch(), rollout.rng)
+    rollout.start_next()
+    counters["updates"] += out["updates"]
+    stats["loss"] = stats["loss"] + out["loss"].detach().float().cpu() * out["updates"]
+    stats["q"] = stats["q"] + out["mean_q"].detach().float().cpu() * out["updates"]
+    stats["td"] = stats["td"] + out["td_abs"].detach().float().cpu() * out["updates"]
+    stats["n"] += out["updates"]
+    return out["sampled"]
 
 
 def update_group(learner: Learner) -> int:
@@ -353,7 +414,8 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
     else:  # on a GPU torch's host threads only copy batches: the cores belong to EnvPool's threads
         torch.set_num_threads(cfg.torch_threads or 1)
     learner, acting, evaluating = build_agent(cfg, env, device)
-    replay = build_replay(cfg, env, device, sampling_seed, acting.action_shape)
+    # the replay, or an on-policy agent's rollout: the same interface to the loop
+    replay, learn_step, learning_starts = build_store(cfg, env, device, sampling_seed, acting.action_shape)
     if state is not None:
         env_rng_state = rng.bit_generator.state  # the draw of the env seed stays spent
         restore(state, replay_state, learner, replay, rng, counters)
@@ -489,17 +551,16 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
             new_steps = source.act(epsilon)
             counters["agent_steps"] = agent_steps = counters["agent_steps"] + new_steps
             update_replay_window(cfg, replay, agent_steps)
-            learning = len(replay) >= cfg.learning_starts
+            learning = len(replay) >= learning_starts
             if learning or counters["updates"] == 0:  # a replay lost on resume refills: the schedules wait
                 counters["schedule_steps"] += new_steps
             # 4. learn: keep `replay_ratio` sampled transitions per agent step on average
             if learning:
                 if learning_since is None and counters["updates"] - updates_at_start >= WARMUP_UPDATES:
                     learning_since = (time.time(), agent_steps)
-                updates_before = counters["updates"]
-                learn(cfg, learner, replay, counters, new_steps, interval)
+                sampled = learn_step(cfg, learner, replay, counters, new_steps, interval)
                 limiter.credit(new_steps, replay_ratio_at(cfg, counters["schedule_steps"]))
-                limiter.sampled += (counters["updates"] - updates_before) * cfg.batch_size
+                limiter.sampled += sampled
             records = source.recv(idle=learn_ahead if learning else None, stop=stop)
             for r in records:
                 for i in np.flatnonzero(r.game_over):

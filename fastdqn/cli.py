@@ -22,7 +22,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-BENCHMARKS = ("env", "collect", "replay", "gather", "learner", "continuous", "train", "apex")
+BENCHMARKS = ("env", "collect", "replay", "gather", "learner", "continuous", "onpolicy", "train", "apex")
 
 
 def _train(args: argparse.Namespace) -> int:

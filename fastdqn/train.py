@@ -663,6 +663,10 @@ def describe_resume(cfg: TrainConfig, ckpt_file: Path, state: dict, counters: di
                 f"{epsilon}, beta "
                 f"{beta_at(cfg, counters['schedule_steps']):.3f} and lr {lr_at(cfg, counters['schedule_steps']):.3g}",
                 "RNG streams (acting, replay sampling, torch)"]
+    if cfg.algorithm in ON_POLICY:  # no target network, no replay: the rollout in progress
+        restored = ["network", "optimizer", "counters", f"{epsilon} and lr {lr_at(cfg, counters['schedule_steps']):.3g}",
+                    "RNG streams (acting, minibatch order, torch)"]
+        replay_note = replay_note.replace("replay of", "the rollout in progress,")
     lines = [f"resumed {ckpt_file} at step {counters['agent_steps']:,}",
              "  restored: " + ", ".join(restored + ([replay_note] if replay_state is not None else []))]
     missing = [f"games in progress (EnvPool cannot save them): the envs start new games, seeded {env_seed} "

@@ -253,3 +253,14 @@ def test_on_policy_agent_solves_cartpole(tmp_path, preset):
     # 300k and 200k leave a margin of 2-3x. The run stops at its first 500.
     summary = train(make_config(preset, run_dir=str(tmp_path / "run")), progress=False)
     assert summary["best_eval_mean_return"] >= 475, summary["evals"]
+
+
+def test_onpolicy_bench_times_both_learning_steps(capsys):
+    from bench import onpolicy
+
+    report = onpolicy.main(["--quick", "--device", "cpu"])
+    rows = {r["agent"]: r for r in report["results"]}
+    assert set(rows) == {"a2c", "pqn"} and rows["pqn"]["updates_per_rollout"] == 16 and rows["a2c"]["transitions"] == 128
+    for r in rows.values():
+        assert r["learning_agent_steps_per_s"] == pytest.approx(r["transitions"] * 1e3 / r["ms_per_rollout"])
+    assert "agent steps/s (learning)" in capsys.readouterr().out

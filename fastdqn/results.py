@@ -412,7 +412,17 @@ def describe_preset(name: str, runs: list[Run]) -> list[str]:
     purpose = getattr(config_lib, "PRESET_PURPOSE", {}).get(name, "")
     cfg = config_lib.make_config(name)
     lines = [f"for: {purpose}"] if purpose else []
-    lines.append(f"memory: replay {cfg.buffer_size:,} transitions, about {_size(replay_bytes(name))}")
+    if cfg.algorithm in config_lib.ON_POLICY:  # no replay: T + 1 rows of whole observations per env
+        rows = (cfg.rollout_steps + 1) * cfg.env.num_envs
+        from fastdqn.envs import is_atari
+
+        stack = cfg.env.stack_num if is_atari(cfg.env.env_id) else 1
+        observation = replay_bytes(name) // cfg.buffer_size - BYTES_PER_TRANSITION_SMALL
+        per_row = observation * stack + BYTES_PER_TRANSITION_SMALL
+        lines.append(f"memory: no replay; a rollout of {cfg.rollout_steps} steps x {cfg.env.num_envs} envs, about "
+                     f"{_size(rows * per_row)}")
+    else:
+        lines.append(f"memory: replay {cfg.buffer_size:,} transitions, about {_size(replay_bytes(name))}")
     known = best_known(runs, name)
     for r in known:
         how = "as it is" if not r.flags else "with " + " ".join(r.flags)

@@ -353,8 +353,8 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "logging": ("log_interval", "progress_interval", "track", "wandb_project", "wandb_entity"),
     "checkpoints": ("checkpoint_interval", "save_replay", "resume"),
     "hardware": ("device", "torch_threads", "replay_device", "precision", "compile", "cuda_graph", "updates_per_graph"),
-    "on-policy (a2c, pqn)": ("rollout_steps", "gae_lambda", "q_lambda", "entropy_coef", "value_coef", "shared_torso",
-                            "update_epochs", "num_minibatches"),
+    "on-policy": ("rollout_steps", "gae_lambda", "q_lambda", "entropy_coef", "value_coef", "shared_torso",
+                  "update_epochs", "num_minibatches"),
     "distributed": ("actors", "ray_address", "actor_cpus", "apex_eps", "apex_alpha", "weights_every", "chunk_steps",
                     "max_inflight", "ratio_tolerance", "actor_restarts"),
 }

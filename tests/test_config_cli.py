@@ -76,7 +76,7 @@ def test_help_is_grouped_with_choices_shown_and_presets_and_envs_are_listed(tmp_
     out = run("train", "--help").stdout
     titles = [line[:-1] for line in out.splitlines() if line.endswith(":") and not line.startswith(" ")]
     assert titles == ["options", "environment", "run", "replay", "learner", "exploration", "evaluation", "logging",
-                      "checkpoints", "hardware", "distributed"]
+                      "checkpoints", "hardware", "on-policy", "distributed"]
     assert "--loss {huber,mse,pseudo_huber}" in out
     out = run("presets").stdout
     assert "cartpole:\n  --env-id CartPole-v1 --num-envs 4 --total-steps 60000" in out

@@ -671,7 +671,9 @@ def describe_resume(cfg: TrainConfig, ckpt_file: Path, state: dict, counters: di
              "  restored: " + ", ".join(restored + ([replay_note] if replay_state is not None else []))]
     missing = [f"games in progress (EnvPool cannot save them): the envs start new games, seeded {env_seed} "
                "from the saved acting stream"]
-    if replay_state is None:
+    if replay_state is None and cfg.algorithm in ON_POLICY:
+        missing.append(f"the rollout in progress ({replay_note}): a new one starts")
+    elif replay_state is None:
         missing.append(f"the replay ({replay_note}): it refills for {cfg.learning_starts:,} steps "
                        "(--learning-starts) while epsilon and beta wait")
     lines.append("  not restored: " + "; ".join(missing))

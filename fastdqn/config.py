@@ -321,7 +321,7 @@ PRESET_PURPOSE = {
     "cartpole-a2c": "A2C on CartPole-v1: 16 envs x 8-step rollouts, one Adam step each, separate 128-unit policy and "
                     "value MLPs, lr 1e-3 to 0; solves (eval 500, greedy) in well under a minute on 2 cores",
     "cartpole-pqn": "PQN on CartPole-v1: 16 envs x 32-step rollouts, 4 epochs x 4 minibatches, LayerNorm MLP, "
-                    "Q(0.65); solves (eval 500) in a few minutes on 2 cores",
+                    "Q(0.65); solves (eval 500) in well under a minute on 2 cores",
     "breakout-a2c": "A2C on Breakout, OpenAI baselines' settings (16 envs x 5 steps, RMSprop 7e-4 to 0, entropy 0.01, "
                     "clip 0.5, n-step returns), 10M agent steps: a GPU's",
     "breakout-pqn": "PQN on Breakout, CleanRL's pqn_atari_envpool settings (8 envs x 128 steps, 4 x 4 minibatches, "

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from fastdqn.agents.onpolicy import OnPolicyAgent, Torso
+from fastdqn.hardware import autocast
 from fastdqn.networks import _exact, _init_linear
 from fastdqn.rollout import lambda_returns
 
@@ -72,8 +73,6 @@ class PolicyActing:
 
     @torch.no_grad()
     def __call__(self, obs: np.ndarray, epsilon, rng: np.random.Generator) -> np.ndarray:
-        from fastdqn.hardware import autocast
-
         with autocast(self.device, self.precision):
             logits, _ = self.network(torch.as_tensor(obs, device=self.device))
         if self.greedy:

@@ -50,9 +50,9 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from fastdqn.envs import is_atari
     from fastdqn.evaluate import evaluate
-    from fastdqn.hub import load_agent
+    from fastdqn.hub import load_policy
     from fastdqn.paths import require_writable
-    from fastdqn.train import build_learner, resolve_device
+    from fastdqn.train import resolve_device
     from fastdqn.video import GameRecorder, real_time_fps, require_encoder
 
     # everything that could fail after the games are played is checked before
@@ -67,19 +67,16 @@ def _eval(args: argparse.Namespace) -> int:
             require_writable(path, flag)
     if args.video:
         require_encoder()
-    cfg, obs_shape, num_actions, weights = load_agent(args.checkpoint)
+    device = resolve_device(args.device)
+    cfg, policy = load_policy(args.checkpoint, device)
     if args.episodic_life is not None:
         cfg.env = replace(cfg.env, episodic_life=args.episodic_life)
     if args.gif and not is_atari(cfg.env.env_id):
         raise ValueError(f"--gif shows the agent's grey Atari frames; {cfg.env.env_id} has none: use --video "
                          "for an MP4 of any game")
-    device = resolve_device(args.device)
-    learner = build_learner(cfg, obs_shape, num_actions, device)
-    learner.q_network.load_state_dict(weights)
     recording = GameRecorder(args.video, real_time_fps(cfg.env)) if args.video else None
-    result = evaluate(learner.q_network, cfg.env, episodes=args.episodes, epsilon=args.eps,
-                      max_steps=args.max_steps, device=device, precision=learner.precision, seed=args.seed,
-                      gif_path=args.gif, recorder=recording)
+    result = evaluate(policy, cfg.env, episodes=args.episodes, epsilon=args.eps, max_steps=args.max_steps,
+                      device=device, seed=args.seed, gif_path=args.gif, recorder=recording)
     if is_atari(cfg.env.env_id):
         result["episodic_life"] = cfg.env.episodic_life
     if recording is not None:
@@ -200,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint.pt, a run directory, a folder written by fastdqn push "
                                       "--local-dir, or hf://USER/NAME (needs the hub extra)")
     p.add_argument("--episodes", type=int, default=10, help="games to play (one per env)")
-    p.add_argument("--eps", type=float, default=0.01, help="evaluation epsilon")
+    p.add_argument("--eps", type=float, default=0.01, help="evaluation epsilon: a random action with this probability (A2C ignores it: it "
+                                                     "plays its most probable action)")
     p.add_argument("--max-steps", type=int, default=27_000, help="agent steps at most per game")
     p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation envs")
     p.add_argument("--gif", type=Path, default=None, help="write env 0's game as a GIF (Atari)")

@@ -271,6 +271,7 @@ def learn_from_rollout(cfg: TrainConfig, agent, rollout: RolloutStore, counters:
     stats["q"] = stats["q"] + out["mean_q"].detach().float().cpu() * out["updates"]
     stats["td"] = stats["td"] + out["td_abs"].detach().float().cpu() * out["updates"]
     stats["n"] += out["updates"]
+    add_other_outputs(stats, out, weight=out["updates"])
     return out["sampled"]
 
 
@@ -301,6 +302,25 @@ def update(cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, counte
     stats["q"] = stats["q"] + out["mean_q"].detach().float().sum().cpu()
     stats["td"] = stats["td"] + out["td_abs"].detach().float().mean(-1).sum().cpu()
     stats["n"] += group
+    add_other_outputs(stats, out)
+
+
+# What every agent's update reports (the loop logs them as losses/td_loss, q_values, td_abs), and
+# the learning step's own counts; anything else an agent reports is logged under its own name.
+CORE_OUTPUTS = frozenset({"loss", "mean_q", "td_abs", "updates", "sampled"})
+
+
+def add_other_outputs(stats: dict, out: dict, weight: int = 1) -> None:
+    """Sum the agent's other outputs (TD3's actor_loss, NaN on updates without an actor step; A2C's
+    policy_loss, value_loss, entropy) over their finite values, for losses/<name> at the next log."""
+    for key, value in out.items():
+        if key in CORE_OUTPUTS:
+            continue
+        value = value.detach().float().reshape(-1).cpu()
+        finite = torch.isfinite(value)
+        other = stats.setdefault("other", {})
+        total, count = other.get(key, (0.0, 0))
+        other[key] = (total + float(value[finite].sum()) * weight, count + int(finite.sum()) * weight)
 
 
 class RateLimiter:
@@ -505,7 +525,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
                    source.epsilon(counters["schedule_steps"]))
 
     interval = {"t": time.time(), "steps": counters["agent_steps"], "updates": counters["updates"],
-                "loss": torch.zeros(()), "q": torch.zeros(()), "td": torch.zeros(()), "n": 0}
+                "loss": torch.zeros(()), "q": torch.zeros(()), "td": torch.zeros(()), "n": 0, "other": {}}
     limiter = RateLimiter(cfg.batch_size, cfg.ratio_tolerance)
     stop_reason = "total_steps reached"
     # (time, agent_steps) once this process has made WARMUP_UPDATES updates: learning_sps
@@ -588,9 +608,11 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
                         raise diverged(f"the loss became {loss}")
                     values.update({"losses/td_loss": loss, "losses/q_values": interval["q"].item() / interval["n"],
                                    "losses/td_abs": interval["td"].item() / interval["n"]})
+                values.update({f"losses/{key}": total / count for key, (total, count) in interval["other"].items()
+                               if count})
                 log.scalars(agent_steps, values)
                 interval.update(t=now, steps=agent_steps, updates=counters["updates"], loss=torch.zeros(()),
-                                q=torch.zeros(()), td=torch.zeros(()), n=0)
+                                q=torch.zeros(()), td=torch.zeros(()), n=0, other={})
 
             # (the last evaluation is the final one, below)
             if cfg.eval_interval and counters["next_eval"] <= agent_steps < cfg.total_steps and not stop:

@@ -1,9 +1,10 @@
-"""`fastdqn eval` and the exported model folder work for every algorithm: evaluating a finished
-run's checkpoint with the run's own evaluation settings and seed replays its final evaluation
-game for game, and the folder `fastdqn push` uploads evaluates like the checkpoint."""
+"""Every algorithm's finished run: `fastdqn eval` of its checkpoint, with the run's own evaluation
+settings and seed, replays its final evaluation game for game; the folder `fastdqn push` uploads
+evaluates like the checkpoint; the agent's own losses are logged beside the loop's."""
 
 import json
 
+import numpy as np
 import pytest
 
 from fastdqn.cli import main
@@ -27,7 +28,7 @@ def finished_run(request, tmp_path_factory):
     preset = options.pop("preset", None)
     run_dir = tmp_path_factory.mktemp(request.param) / "run"
     cfg = make_config(preset, run_dir=str(run_dir), eval_interval=0, eval_episodes=3, checkpoint_interval=0,
-                      torch_threads=1, **options)
+                      log_interval=400, torch_threads=1, **options)
     summary = train(cfg, progress=False)
     return request.param, cfg, summary, run_dir
 
@@ -56,3 +57,23 @@ def test_the_exported_folder_evaluates_like_the_checkpoint(finished_run, tmp_pat
     card = (folder / "README.md").read_text()
     assert f"# {algorithm.upper()} on {cfg.env.env_id} (fastdqn)" in card
     assert eval_returns(folder, cfg, summary, capsys) == summary["eval_returns"], algorithm
+
+
+# what each agent reports besides the loop's own losses/td_loss, q_values and td_abs
+OWN_LOSSES = {"td3": {"losses/actor_loss"}, "a2c": {"losses/policy_loss", "losses/value_loss", "losses/entropy"},
+              "pqn": set(), "dqn": set()}
+
+
+def test_each_agent_logs_its_own_losses_beside_the_loops(finished_run):
+    from fastdqn.plot import read_scalars
+
+    algorithm, cfg, summary, run_dir = finished_run
+    every = set().union(*OWN_LOSSES.values())
+    logged = read_scalars(run_dir, sorted(every | {"losses/td_loss"}))
+    assert set(logged) - {"losses/td_loss"} == OWN_LOSSES[algorithm]
+    steps, values = logged["losses/td_loss"]
+    for tag in OWN_LOSSES[algorithm]:
+        own_steps, own_values = logged[tag]
+        assert list(own_steps) == list(steps) and np.isfinite(own_values).all(), tag
+    if algorithm == "a2c":  # the policy's entropy over CartPole's two actions
+        assert (0 < logged["losses/entropy"][1]).all() and (logged["losses/entropy"][1] <= np.log(2) + 1e-6).all()

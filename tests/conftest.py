@@ -127,3 +127,20 @@ def cartpole_run(tmp_path_factory):
     train(cfg, progress=False)
     torch.set_num_threads(previous)
     return run_dir
+
+
+@pytest.fixture
+def last_checkpoint_objects(monkeypatch):
+    """The training process's own objects at its last checkpoint (agent, store, rng, counters as
+    they were): what a restore from that checkpoint must reproduce."""
+    from fastdqn import train as train_mod
+
+    live = {}
+    real_payload = train_mod.checkpoint_payload
+
+    def spy(cfg, agent, store, rng, counters, env):
+        live.update(agent=agent, store=store, rng=rng, counters=dict(counters))
+        return real_payload(cfg, agent, store, rng, counters, env)
+
+    monkeypatch.setattr(train_mod, "checkpoint_payload", spy)
+    return live

@@ -150,15 +150,8 @@ def small_on_policy(preset, run_dir, **changes):
 
 
 @pytest.mark.parametrize("preset", ["cartpole-a2c", "cartpole-pqn"])
-def test_restore_continues_an_on_policy_agent_and_its_rollout_exactly(tmp_path, monkeypatch, preset):
-    live = {}
-    real_payload = train_mod.checkpoint_payload
-
-    def spy(cfg, agent, store, rng, counters, env):
-        live.update(agent=agent, store=store, rng=rng, counters=dict(counters))
-        return real_payload(cfg, agent, store, rng, counters, env)
-
-    monkeypatch.setattr(train_mod, "checkpoint_payload", spy)
+def test_restore_continues_an_on_policy_agent_and_its_rollout_exactly(tmp_path, last_checkpoint_objects, preset):
+    live = last_checkpoint_objects
     cfg = small_on_policy(preset, tmp_path / "run", total_steps=2000 if preset == "cartpole-a2c" else 2200)
     train(cfg, progress=False)
     assert live["counters"]["updates"] > 10

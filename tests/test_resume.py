@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from fastdqn import checkpoint
-from fastdqn import train as train_mod
 from fastdqn.acting import epsilon_at
 from fastdqn.config import make_config
 from fastdqn.envs import VecEnv
@@ -47,16 +46,9 @@ def _continue(cfg, learner, replay, rng, counters, iterations=12):
 
 
 @pytest.mark.parametrize("head", ["scalar", "c51"])
-def test_restore_continues_learning_exactly_like_the_uninterrupted_process(tmp_path, monkeypatch, one_torch_thread,
-                                                                         head):
-    live = {}
-    real_payload = train_mod.checkpoint_payload
-
-    def spy(cfg, learner, replay, rng, counters, env):  # the process's own objects at its checkpoint
-        live.update(cfg=cfg, learner=learner, replay=replay, rng=rng, counters=dict(counters))
-        return real_payload(cfg, learner, replay, rng, counters, env)
-
-    monkeypatch.setattr(train_mod, "checkpoint_payload", spy)
+def test_restore_continues_learning_exactly_like_the_uninterrupted_process(tmp_path, last_checkpoint_objects,
+                                                                         one_torch_thread, head):
+    live = last_checkpoint_objects
     cfg = small_cartpole(tmp_path / "run", head=head, v_min=0.0, v_max=100.0)
     train(cfg, progress=False)  # its last checkpoint (at the end, with the replay) is the one spied
     assert live["counters"]["credit"] % 1 != 0 and live["counters"]["updates"] > 50
@@ -76,19 +68,19 @@ def test_restore_continues_learning_exactly_like_the_uninterrupted_process(tmp_p
 
     assert epsilon_at(cfg, counters["schedule_steps"]) == epsilon_at(cfg, live["counters"]["schedule_steps"])
     assert beta_at(cfg, counters["schedule_steps"]) == beta_at(cfg, live["counters"]["schedule_steps"])
-    draws_live = _continue(cfg, live["learner"], live["replay"], live["rng"], live["counters"])
+    draws_live = _continue(cfg, live["agent"], live["store"], live["rng"], live["counters"])
     draws_resumed = _continue(cfg, learner, replay, rng, counters)
     np.testing.assert_array_equal(draws_resumed, draws_live)  # the acting stream
     assert counters["updates"] == live["counters"]["updates"] and counters["credit"] == live["counters"]["credit"]
     for name in ("q_network", "target_network"):
-        ours, theirs = getattr(learner, name).state_dict(), getattr(live["learner"], name).state_dict()
+        ours, theirs = getattr(learner, name).state_dict(), getattr(live["agent"], name).state_dict()
         for key in theirs:
             assert torch.equal(ours[key], theirs[key]), (name, key)
-    ours, theirs = learner.optimizer.state_dict()["state"], live["learner"].optimizer.state_dict()["state"]
+    ours, theirs = learner.optimizer.state_dict()["state"], live["agent"].optimizer.state_dict()["state"]
     for key in theirs:
         for field in theirs[key]:
             assert torch.equal(ours[key][field], theirs[key][field]), (key, field)
-    np.testing.assert_array_equal(replay.priorities(), live["replay"].priorities())  # the same samples were drawn
+    np.testing.assert_array_equal(replay.priorities(), live["store"].priorities())  # the same samples were drawn
 
     # without the replay's contents, the sampler's stream is still restored (from the checkpoint)
     empty = build_replay(cfg, env, torch.device("cpu"), make_rngs(cfg.seed + 2)[1])

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from fastdqn import checkpoint
-from fastdqn import train as train_mod
 from fastdqn.agents import GaussianExploration
 from fastdqn.config import PRESETS, make_config
 from fastdqn.envs import VecEnv
@@ -41,15 +40,8 @@ def test_td3_learns_to_balance_the_pendulum_through_the_loop_and_resumes(tmp_pat
     assert [e["agent_steps"] for e in summary["evals"]] == [2000, 4000, 5000]
 
 
-def test_td3_restore_continues_learning_exactly_like_the_uninterrupted_process(tmp_path, monkeypatch):
-    live = {}
-    real_payload = train_mod.checkpoint_payload
-
-    def spy(cfg, learner, replay, rng, counters, env):
-        live.update(agent=learner, replay=replay, rng=rng, counters=dict(counters))
-        return real_payload(cfg, learner, replay, rng, counters, env)
-
-    monkeypatch.setattr(train_mod, "checkpoint_payload", spy)
+def test_td3_restore_continues_learning_exactly_like_the_uninterrupted_process(tmp_path, last_checkpoint_objects):
+    live = last_checkpoint_objects
     cfg = small_td3(tmp_path / "run", total_steps=1200, eval_interval=0, final_eval=False, replay_ratio=24.0,
                     checkpoint_interval=400)
     train(cfg, progress=False)
@@ -78,13 +70,13 @@ def test_td3_restore_continues_learning_exactly_like_the_uninterrupted_process(t
         return rng.random(4)
 
     np.testing.assert_array_equal(go_on(agent, replay, rng, counters),
-                                  go_on(live["agent"], live["replay"], live["rng"], live["counters"]))
+                                  go_on(live["agent"], live["store"], live["rng"], live["counters"]))
     assert agent.num_updates == live["agent"].num_updates
     for name in ("actor", "critics", "target_actor", "target_critics"):
         ours, theirs = getattr(agent, name).state_dict(), getattr(live["agent"], name).state_dict()
         for key in theirs:
             assert torch.equal(ours[key], theirs[key]), (name, key)
-    np.testing.assert_array_equal(replay.priorities(), live["replay"].priorities())
+    np.testing.assert_array_equal(replay.priorities(), live["store"].priorities())
 
 
 def test_the_algorithm_must_fit_the_task():

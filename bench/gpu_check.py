@@ -17,7 +17,7 @@ correctness steps, none of which is timed); the timed benchmarks run alone, in t
   group correct  cuda-tests   the CUDA tests, with every CUDA skip counted as a failure
                  memcheck     compute-sanitizer memcheck of the CUDA kernel tests; a sanitizer
                               that cannot attach ("Device not supported") is a skip, said so
-                 same-weights two short Breakout runs, frames on the host / on the GPU: equal weights
+                 same-weights two short Breakout runs, host ring + serial updates / device ring + overlapped: equal weights
   timed          learner      fp32/bf16 x eager/graph and the CleanRL-style update, batch 32 and 256
                  train-device-ring  Breakout training, frames on the GPU: agent steps/s
                  gather       CUDA and C++ gathers identical to Numba past 4 GiB; samples/s
@@ -368,7 +368,7 @@ def figures(out: Path) -> dict:
                 k: row[k]["samples_per_s"] for k in ("numba", "cpp", "cuda_gather", "host_gather_copy") if k in row}
     same = _load(out / "same-weights.json")
     if same:
-        figs["host ring vs device ring, final weights"] = "identical" if same["identical"] else "DIFFERENT"
+        figs["host ring + serial vs device ring + overlapped, final weights"] = "identical" if same["identical"] else "DIFFERENT"
     return figs
 
 
@@ -424,7 +424,7 @@ def steps(out: Path, python: str = sys.executable) -> list[Step]:
              env={**require, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}, group="correct", expect_s=75,
              skip_when=((SANITIZER_CANNOT_ATTACH, 'compute-sanitizer cannot attach to this GPU ("Device not '
                                                   'supported"): memory accesses not checked'),)),
-        Step("same-weights", "Breakout, host ring vs device ring, deterministic: identical weights",
+        Step("same-weights", "Breakout, host ring + serial vs device ring + overlapped updates: identical weights",
              inner("same-weights"), 180, needs=("envpool",), env={"CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
              group="correct", expect_s=60),
         Step("learner", "updates/s: fp32/bf16 x eager/graph, CleanRL-style, batch 32 and 256",
@@ -556,9 +556,11 @@ def warm_numba(out: Path) -> int:
 
 
 def same_weights(out: Path) -> int:
-    """Two short Breakout runs on the GPU from the same seeds, frames on the host and on the
-    GPU, with deterministic kernels: the final networks must be bit for bit the same (the
-    replay samples the same bytes either way; tests/test_replay_device.py checks that)."""
+    """Two short Breakout runs on the GPU from the same seeds, with deterministic kernels: frames
+    on the host with serial updates, and frames on the GPU with overlapped ones (the next group
+    sampled while the GPU runs the last). The final networks must be bit for bit the same: the
+    replay samples the same bytes either way (tests/test_replay_device.py checks that), and with
+    uniform replay (--per-alpha 0) writing the priorities one group late changes no update."""
     import torch
 
     # Deterministic convolutions; cuBLAS is made so by CUBLAS_WORKSPACE_CONFIG (the step's
@@ -571,15 +573,15 @@ def same_weights(out: Path) -> int:
 
     weights, report = {}, {"runs": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for ring in ("numpy", "cuda"):
+        for ring, overlap in (("numpy", "off"), ("cuda", "on")):
             cfg = make_config(env=dict(env_id="Breakout-v5", num_envs=8), run_dir=f"{tmp}/{ring}", device="cuda",
-                              replay_device=ring, total_steps=6_000, buffer_size=10_000, learning_starts=1_000,
+                              replay_device=ring, overlap_updates=overlap, per_alpha=0.0, total_steps=6_000, buffer_size=10_000, learning_starts=1_000,
                               target_update_period=200, eval_interval=0, final_eval=False, checkpoint_interval=0,
                               save_replay="never", log_interval=10**9)
             start = time.perf_counter()
             summary = train(cfg, progress=False)
             weights[ring] = checkpoint.load(Path(tmp, ring, "checkpoint.pt"))["learner"]["q_network"]
-            report["runs"][ring] = {"updates": summary["updates"], "precision": summary["precision_used"],
+            report["runs"][ring] = {"overlap_updates": overlap, "updates": summary["updates"], "precision": summary["precision_used"],
                                     "seconds": round(time.perf_counter() - start, 1)}
     host, device = weights["numpy"], weights["cuda"]
     differ = {name: float((host[name].float() - device[name].float()).abs().max())

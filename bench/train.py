@@ -60,13 +60,14 @@ def defaults_for(device: torch.device, cores: int | None = None) -> dict:
 
 
 def fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size, precision, warmup_steps,
-                measure_steps, buffer_size, replay_device="numpy", algorithm="fastdqn", device="cpu") -> dict:
+                measure_steps, buffer_size, replay_device="numpy", algorithm="fastdqn", device="cpu",
+                overlap_updates="auto") -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = make_config(
             env=dict(env_id=game, num_envs=num_envs, batch_size=env_batch, num_threads=num_threads),
             run_dir=run_dir, device=str(device), total_steps=warmup_steps + measure_steps, learning_starts=warmup_steps,
             buffer_size=buffer_size, replay_ratio=replay_ratio, batch_size=batch_size, precision=precision,
-            replay_device=replay_device, eval_interval=0, final_eval=False, checkpoint_interval=0,
+            replay_device=replay_device, overlap_updates=overlap_updates, eval_interval=0, final_eval=False, checkpoint_interval=0,
             log_interval=10**9, save_replay="never", **ALGORITHMS[algorithm],
         )
         summary = train(cfg, progress=False)
@@ -77,7 +78,7 @@ def fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size
 def run(game="Breakout-v5", num_envs=16, env_batch=0, num_threads=2, replay_ratio=8.0, batch_size=32,
         precision="auto", warmup_steps=2_000, measure_steps=2_000, baseline_steps=500, buffer_size=100_000,
         rounds=3, replay_device="numpy", show_progress=True, algorithm="fastdqn", device="cpu",
-        torch_threads=2) -> dict:
+        torch_threads=2, overlap_updates="auto") -> dict:
     """``measure_steps`` / ``baseline_steps`` are per round."""
     device = torch.device(device)
     torch.set_num_threads(torch_threads)
@@ -87,7 +88,8 @@ def run(game="Breakout-v5", num_envs=16, env_batch=0, num_threads=2, replay_rati
 
     def fastdqn():
         result = fastdqn_sps(game, num_envs, env_batch, num_threads, replay_ratio, batch_size, precision,
-                             warmup_steps, measure_steps, buffer_size, replay_device, algorithm, device)
+                             warmup_steps, measure_steps, buffer_size, replay_device, algorithm, device,
+                             overlap_updates)
         used["precision"] = result["precision_used"]
         return result["steps_per_s"]
 
@@ -107,7 +109,8 @@ def run(game="Breakout-v5", num_envs=16, env_batch=0, num_threads=2, replay_rati
         "batch_size": batch_size, "precision": precision, "precision_used": used["precision"], "algorithm": algorithm,
         "num_envs": num_envs, "env_batch": env_batch or num_envs, "num_threads": num_threads,
         "torch_threads": torch_threads, "warmup_steps": warmup_steps,
-        "replay_device": replay_device, "rounds": rounds, "measure_steps": measure_steps,
+        "replay_device": replay_device, "overlap_updates": overlap_updates, "rounds": rounds,
+        "measure_steps": measure_steps,
         "baseline_steps": baseline_steps, "baseline_replay_ratio": batch_size / train_every, **measured,
     }
 
@@ -121,6 +124,8 @@ def report(r: dict) -> None:
 
     on = "" if r.get("device", "cpu") == "cpu" else f" on {r['device']}"
     replay = "" if r["replay_device"] == "numpy" else f", frames on {r['replay_device']}"
+    if r.get("overlap_updates", "auto") != "auto":
+        replay += f", --overlap-updates {r['overlap_updates']}"
     algorithm = ("PER n-step, dueling double Q" if r.get("algorithm", "fastdqn") == "fastdqn"
                  else "uniform, DQN max target (CleanRL's update)")
     table(f"Training throughput while learning, {r['game']}, replay ratio {r['replay_ratio']:g} "
@@ -165,6 +170,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (fastdqn, baseline, ...)")
     parser.add_argument("--replay-device", default="numpy", choices=("numpy", "cuda", "cpu"),
                         help="where the replay's frames live (see fastdqn train --help); cuda needs a GPU")
+    parser.add_argument("--overlap-updates", default="auto", choices=("auto", "on", "off"),
+                        help="fastdqn's updates overlapped with the next group's sampling (see fastdqn train "
+                             "--help; auto: on with CUDA graphs): run it both ways to see what it gains")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     parser.add_argument("--json", default=None)
     parser.add_argument("--no-progress", action="store_true")
@@ -183,7 +191,8 @@ def main(argv=None) -> dict:
     sizes.update({name: getattr(args, name) for name in sizes if getattr(args, name) is not None})  # given ones win
     options = dict(env_batch=args.env_batch, replay_ratio=args.replay_ratio, batch_size=args.batch_size,
                    precision=args.precision, rounds=args.rounds, replay_device=args.replay_device,
-                   show_progress=not args.no_progress, algorithm=args.algorithm, device=device)
+                   show_progress=not args.no_progress, algorithm=args.algorithm, device=device,
+                   overlap_updates=args.overlap_updates)
     if args.quick:
         options.update(batch_size=8, buffer_size=2_000, rounds=1, show_progress=False)
     result = run(args.game, **sizes, **options)

@@ -105,6 +105,11 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the update")
     cuda_graph: bool = _f(True, "on a GPU, capture updates_per_graph updates as one CUDA graph")
     updates_per_graph: int = _f(4, "updates per CUDA-graph replay (GPU only)")
+    overlap_updates: str = _f(
+        "auto", "replay agents: sample the next group of updates on the host while the GPU runs this one, "
+        "writing this one's priorities after that (sampling sees them one group late). auto: on where "
+        "updates run as CUDA graphs (a CPU update runs at once: nothing to overlap); on: everywhere (the "
+        "same code on the CPU, for checks)", choices=("auto", "on", "off"))
     # --- exploration
     eps_schedule: str = _f("linear", "linear (two phases) or exp", choices=("linear", "exp"))
     eps_start: float = _f(1.0, "initial epsilon")
@@ -362,7 +367,8 @@ HELP_GROUPS: dict[str, tuple[str, ...]] = {
     "evaluation": ("eval_interval", "eval_episodes", "eval_max_steps", "eval_eps", "final_eval", "capture_video"),
     "logging": ("log_interval", "progress_interval", "track", "wandb_project", "wandb_entity"),
     "checkpoints": ("checkpoint_interval", "save_replay", "resume"),
-    "hardware": ("device", "torch_threads", "replay_device", "precision", "compile", "cuda_graph", "updates_per_graph"),
+    "hardware": ("device", "torch_threads", "replay_device", "precision", "compile", "cuda_graph", "updates_per_graph",
+                 "overlap_updates"),
     "on-policy": ("rollout_steps", "gae_lambda", "q_lambda", "entropy_coef", "value_coef", "shared_torso",
                   "update_epochs", "num_minibatches"),
     "distributed": ("actors", "ray_address", "actor_cpus", "apex_eps", "apex_alpha", "weights_every", "chunk_steps",

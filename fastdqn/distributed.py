@@ -8,7 +8,7 @@
       stores each chunk (env e of actor k is lane k * num_envs + e of the replay), learns at
       --replay-ratio, publishes the weights every --weights-every updates
 
-The replay ratio is held by the learner's credit (train.learn: every agent step stored buys
+The replay ratio is held by the learner's credit (train.ReplayLearning: every agent step stored buys
 replay_ratio / batch updates, spent at once) and by back-pressure: each actor has at most
 --max-inflight chunk requests outstanding, so actors faster than the learner wait for it.
 While the learner waits for data it may learn ahead only while the measured ratio stays under

@@ -50,6 +50,9 @@ Results are host tensors: ``update`` -> loss (), td_abs (B,), mean_q (); td_abs 
 per-sample priority (|delta|, or a distributional head's per-sample loss);
 ``update_many`` -> loss (K,), td_abs (K, B), mean_q (K,). On CUDA they come back in one
 device->host copy per call; the caller calls ``float()``/``.numpy()`` only when it logs.
+``update_many`` is ``launch`` then ``finish`` (GroupedUpdates): on the graph path ``launch``
+only queues the work, so the training loop can sample the next group meanwhile
+(--overlap-updates, train.ReplayLearning).
 """
 
 from __future__ import annotations
@@ -203,7 +206,64 @@ def _as_tensor(x, name: str, batch: Any) -> torch.Tensor:
     return t
 
 
-class Learner:
+class ResultsToHost:
+    """The one device->host copy of a group's packed result rows, queued behind the updates that
+    make them: ``queue`` returns at once, ``wait`` blocks until the rows are on the host. On CUDA
+    through one pinned buffer and an event; on the CPU the rows are already there."""
+
+    def __init__(self, device: torch.device):
+        self._cuda = device.type == "cuda"
+        self._pinned: torch.Tensor | None = None
+        self._event = torch.cuda.Event() if self._cuda else None
+        self._rows: torch.Tensor | None = None
+
+    def queue(self, packed: torch.Tensor) -> None:
+        if not self._cuda:
+            self._rows = packed
+            return
+        if self._pinned is None or self._pinned.shape != packed.shape:
+            self._pinned = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        self._pinned.copy_(packed, non_blocking=True)
+        self._event.record()
+        self._rows = self._pinned
+
+    def wait(self) -> torch.Tensor:
+        rows, self._rows = self._rows, None
+        if not self._cuda:
+            return rows
+        self._event.synchronize()  # the rows (and so every copy queued before them) are done
+        return rows.clone()  # the pinned buffer is reused by the next queue
+
+
+class GroupedUpdates:
+    """``update_many`` as ``launch`` then ``finish``, for a learner whose ``launch(batches)`` starts K
+    updates and leaves ``self._pending``: a callable that returns their results, waiting for the
+    device if it must. The training loop may call the two apart (train.UpdateGroups, overlap): on a
+    CUDA graph the host samples the next group while the GPU runs this one."""
+
+    _pending = None
+
+    def update_many(self, batches: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """K consecutive updates, one per batch; host tensors (K, ...) of the learner's outputs."""
+        self.launch(batches)
+        return self.finish()
+
+    def launch(self, batches: Sequence[Any]) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        """The results of the last ``launch``."""
+        if self._pending is None:
+            raise RuntimeError("finish() without a launch() before it")
+        pending, self._pending = self._pending, None
+        return pending()
+
+    def _check_idle(self) -> None:
+        if self._pending is not None:
+            raise RuntimeError("launch() again before finish() took the results of the last one")
+
+
+class Learner(GroupedUpdates):
     """Owns the online and target Q-networks and the optimizer; runs the DQN update.
 
     Args:
@@ -303,8 +363,7 @@ class Learner:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_staging: _Staging | None = None
         self._eager_staging: _Staging | None = None
-        self._host_out: torch.Tensor | None = None
-        self._done = torch.cuda.Event() if self._is_cuda else None
+        self._results = ResultsToHost(self.device)
 
     # ----------------------------------------------------------------------------- set-up
 
@@ -496,14 +555,15 @@ class Learner:
         self.num_updates += 1
         if not self._is_cuda:
             return {"loss": loss, "td_abs": td_abs, "mean_q": mean_q}
-        out = self._to_host(torch.cat([td_abs, loss.view(1), mean_q.view(1)]).unsqueeze(0))
+        self._results.queue(torch.cat([td_abs, loss.view(1), mean_q.view(1)]).unsqueeze(0))
+        out = self._results.wait()
         return {"loss": out[0, -2], "td_abs": out[0, :-2], "mean_q": out[0, -1]}
 
-    def update_many(self, batches: Sequence[Any]) -> dict[str, torch.Tensor]:
-        """K consecutive updates, one per batch; the CUDA graph path when enabled.
-
-        Returns host tensors loss (K,), td_abs (K, B), mean_q (K,).
-        """
+    def launch(self, batches: Sequence[Any]) -> None:
+        """Start K consecutive updates, one per batch; ``finish()`` returns host tensors loss (K,),
+        td_abs (K, B), mean_q (K,). On the CUDA graph path the replay and the copy of its results
+        are queued and this returns at once; on every other path the updates run now."""
+        self._check_idle()
         batches = list(batches)
         k = len(batches)
         graph = self.cuda_graph and k == self.updates_per_graph
@@ -512,7 +572,9 @@ class Learner:
             graph = to_copy >= k  # else a copy falls inside this group: eager (rare, exact)
         if not graph:
             results = [self.update(b) for b in batches]
-            return {key: torch.stack([r[key] for r in results]) for key in results[0]}
+            stacked = {key: torch.stack([r[key] for r in results]) for key in results[0]}
+            self._pending = lambda: stacked
+            return
         if self._graph is None or not self._graph_staging.matches(batches):
             self._capture(batches)  # loads the batches into the static inputs itself
         else:
@@ -521,17 +583,12 @@ class Learner:
         self.num_updates += k
         if self._copies_after_groups(k) and self.num_updates % self.target_update_period == 0:
             self._copy_target()
-        out = self._to_host(self._graph_out)
-        return {"loss": out[:, -2], "td_abs": out[:, :-2], "mean_q": out[:, -1]}
+        self._results.queue(self._graph_out)  # (K, B + 2) = [|TD|..., loss, mean_q]
+        self._pending = self._graph_results
 
-    def _to_host(self, packed: torch.Tensor) -> torch.Tensor:
-        """The one device->host copy of a call: (K, B + 2) = [|TD|..., loss, mean_q]."""
-        if self._host_out is None or self._host_out.shape != packed.shape:
-            self._host_out = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
-        self._host_out.copy_(packed, non_blocking=True)
-        self._done.record()
-        self._done.synchronize()  # the results (and so all earlier copies) are done
-        return self._host_out.clone()  # the pinned buffer is reused by the next call
+    def _graph_results(self) -> dict[str, torch.Tensor]:
+        out = self._results.wait()
+        return {"loss": out[:, -2], "td_abs": out[:, :-2], "mean_q": out[:, -1]}
 
     # -------------------------------------------------------------------- the CUDA graph
 

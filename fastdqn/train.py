@@ -7,8 +7,8 @@
 The agent is built once (build_agent: the DQN Learner, a DDPG / TD3 agent for continuous
 actions, or an on-policy A2C / PQN agent) and is all the loop knows of the algorithm: an acting
 rule for training and one for evaluation (fastdqn.acting), set_lr, state_dict, and, with it, its
-store and learning step (build_store): the replay and ``learn`` (the replay ratio's credit spent
-in update / update_many) for the replay agents, a rollout (fastdqn.rollout) and
+store and learning step (build_store): the replay and a ReplayLearning (the replay ratio's credit
+spent in groups of updates) for the replay agents, a rollout (fastdqn.rollout) and
 ``learn_from_rollout`` (one learning step per T steps of every env) for the on-policy ones.
 
 The acting half is an Actor (actor.py: env pool + policy -> records in the replay's format)
@@ -178,13 +178,16 @@ def build_replay(cfg: TrainConfig, env: VecEnv, device: torch.device, seed, acti
 
 def build_store(cfg: TrainConfig, env, device: torch.device, seed, action_shape=()):
     """(store, learning step, learning_starts): the agent's store and how the loop learns from it.
-    Replay agents: the replay, ``learn`` (the replay ratio) and --learning-starts; on-policy agents:
-    a rollout of --rollout-steps per env, ``learn_from_rollout`` and 0 (they learn from the start)."""
+    Replay agents: the replay, a ReplayLearning (the replay ratio) and --learning-starts; on-policy agents:
+    a rollout of --rollout-steps per env, a RolloutLearning (learn_from_rollout) and 0 (they learn from the
+    start)."""
     if cfg.algorithm in ON_POLICY:
         store = RolloutStore(cfg.rollout_steps, env.num_envs, env.frame_shape, env.stack, env.obs_dtype, action_shape,
                              seed=seed)
-        return store, learn_from_rollout, 0
-    return build_replay(cfg, env, device, seed, action_shape), learn, cfg.learning_starts
+        return store, RolloutLearning(), 0
+    overlap = cfg.overlap_updates == "on" or (cfg.overlap_updates == "auto" and cfg.cuda_graph
+                                              and device.type == "cuda")
+    return build_replay(cfg, env, device, seed, action_shape), ReplayLearning(overlap), cfg.learning_starts
 
 
 def update_replay_window(cfg: TrainConfig, replay: PrioritizedReplay, agent_steps: int) -> None:
@@ -239,25 +242,9 @@ def restore(state: dict, replay_state: dict | None, learner: Learner, replay: Pr
         replay.rng.bit_generator.state = state["replay_rng"]
 
 
-def learn(cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, counters: dict, new_steps: int,
-          stats: dict) -> int:
-    """Keep the replay ratio (replay_ratio_at) sampled transitions per agent step on average: credit
-    the new steps, spend the credit in whole updates (in groups of K on a CUDA graph). Returns the
-    transitions sampled."""
-    counters["credit"] += replay_ratio_at(cfg, counters["schedule_steps"]) * new_steps / cfg.batch_size
-    beta = beta_at(cfg, counters["schedule_steps"])
-    group = update_group(learner)
-    made = 0
-    while counters["credit"] >= group:
-        counters["credit"] -= group
-        update(cfg, learner, replay, counters, beta, stats)
-        made += group
-    return made * cfg.batch_size
-
-
 def learn_from_rollout(cfg: TrainConfig, agent, rollout: RolloutStore, counters: dict, new_steps: int,
                        stats: dict) -> int:
-    """The on-policy agents' learning step, in place of ``learn``: nothing until the rollout holds T
+    """The on-policy agents' learning step, in place of ReplayLearning: nothing until the rollout holds T
     steps of every env, then the agent's update on it (A2C: one step; PQN: K epochs x M minibatches)
     and the next rollout starts from its last observations. Returns the transitions sampled."""
     if not rollout.full:
@@ -275,34 +262,79 @@ def learn_from_rollout(cfg: TrainConfig, agent, rollout: RolloutStore, counters:
     return out["sampled"]
 
 
+class RolloutLearning:
+    """The on-policy agents' learning step as the loop sees it: learn_from_rollout, and nothing in flight."""
+
+    __call__ = staticmethod(learn_from_rollout)
+
+    def drain(self, agent, rollout: RolloutStore, stats: dict) -> None:
+        pass
+
+
 def update_group(learner: Learner) -> int:
     """Updates made at once: K = updates_per_graph on a CUDA graph, else 1."""
     return learner.updates_per_graph if learner.cuda_graph else 1
 
 
-def update(cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, counters: dict, beta: float,
-           stats: dict) -> None:
-    """One group of updates: sample, update, priorities back."""
-    group = update_group(learner)
-    if cfg.lr_decay_end:
-        learner.set_lr(lr_at(cfg, counters["schedule_steps"]))
-    # On a GPU K = updates_per_graph batches are sampled ahead and run as one CUDA graph;
-    # each into its own slot of the replay's reused outputs, so none overwrites another.
-    if group == 1:
-        batch = replay.sample(cfg.batch_size, beta)
-        out = learner.update(batch)
-        replay.update_priorities(batch.indices, _numpy(out["td_abs"]))
-    else:
+class ReplayLearning:
+    """The replay agents' learning step: keep the replay ratio (replay_ratio_at) in groups of updates
+    (K on a CUDA graph, else 1), each group sampled, run, and its priorities written back.
+
+    ``overlap`` (--overlap-updates): a group is launched and left running, and the next call samples
+    the next group on the host while the GPU runs it, then takes its results and writes its priorities,
+    then launches the next. Sampling so sees the priorities one group late; with uniform replay the
+    updates are the same as without overlap. ``drain`` finishes the group in flight: the loop calls it
+    before anything reads the replay's priorities or saves the state (checkpoints, evaluations, the end).
+    """
+
+    def __init__(self, overlap: bool = False):
+        self.overlap = overlap
+        self.in_flight: list[np.ndarray] | None = None  # the replay indices of the group launched, not finished
+
+    def __call__(self, cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, counters: dict,
+                 new_steps: int, stats: dict) -> int:
+        """Credit the new steps, spend the credit in whole groups. Returns the transitions sampled."""
+        counters["credit"] += replay_ratio_at(cfg, counters["schedule_steps"]) * new_steps / cfg.batch_size
+        beta = beta_at(cfg, counters["schedule_steps"])
+        group = update_group(learner)
+        made = 0
+        while counters["credit"] >= group:
+            counters["credit"] -= group
+            self.update(cfg, learner, replay, counters, beta, stats)
+            made += group
+        return made * cfg.batch_size
+
+    def update(self, cfg: TrainConfig, learner: Learner, replay: PrioritizedReplay, counters: dict, beta: float,
+               stats: dict) -> None:
+        """One group of updates."""
+        group = update_group(learner)
+        # Each of the K batches into its own slot of the replay's reused outputs, so none overwrites
+        # another before the learner has staged it (launch copies them); only the indices are kept.
         batches = [replay.sample(cfg.batch_size, beta, slot=k) for k in range(group)]
-        out = learner.update_many(batches)
-        for b, td_abs in zip(batches, _numpy(out["td_abs"])):
-            replay.update_priorities(b.indices, td_abs)
-    counters["updates"] += group
-    stats["loss"] = stats["loss"] + out["loss"].detach().float().sum().cpu()
-    stats["q"] = stats["q"] + out["mean_q"].detach().float().sum().cpu()
-    stats["td"] = stats["td"] + out["td_abs"].detach().float().mean(-1).sum().cpu()
-    stats["n"] += group
-    add_other_outputs(stats, out)
+        indices = [np.array(b.indices) for b in batches]
+        self.drain(learner, replay, stats)  # the group before, which ran while this one was sampled
+        if cfg.lr_decay_end:
+            learner.set_lr(lr_at(cfg, counters["schedule_steps"]))
+        learner.launch(batches)
+        counters["updates"] += group
+        self.in_flight = indices
+        if not self.overlap:
+            self.drain(learner, replay, stats)
+
+    def drain(self, learner: Learner, replay: PrioritizedReplay, stats: dict) -> None:
+        """Take the results of the group in flight, if any: its priorities back, its losses to stats."""
+        if self.in_flight is None:
+            return
+        indices, self.in_flight = self.in_flight, None
+        out = learner.finish()
+        for batch_indices, td_abs in zip(indices, _numpy(out["td_abs"])):
+            replay.update_priorities(batch_indices, td_abs)
+        group = len(indices)
+        stats["loss"] = stats["loss"] + out["loss"].detach().float().sum().cpu()
+        stats["q"] = stats["q"] + out["mean_q"].detach().float().sum().cpu()
+        stats["td"] = stats["td"] + out["td_abs"].detach().float().mean(-1).sum().cpu()
+        stats["n"] += group
+        add_other_outputs(stats, out)
 
 
 # What every agent's update reports (the loop logs them as losses/td_loss, q_values, td_abs), and
@@ -327,7 +359,7 @@ class RateLimiter:
     """The replay ratio as measured: sampled transitions per agent step credited while learning
     (since learning started in this process), and the band it is held in.
 
-    learn() spends the credit of each agent step at once, so the learner never falls behind the
+    ReplayLearning spends the credit of each agent step at once, so the learner never falls behind the
     ratio by more than one update group; actors faster than the learner wait for it (their
     chunk requests are bounded: back-pressure). While the learner waits for data it may learn
     ahead of its credit, but only while the measured ratio stays at most ratio * (1 + tolerance).
@@ -468,6 +500,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
         return counters["wall_seconds"] + time.time() - start
 
     def save_checkpoint(final: bool) -> None:
+        learn_step.drain(learner, replay, interval)  # (a group in flight: its priorities first)
         with_replay = (cfg.save_replay == "always" or (cfg.save_replay == "auto" and (
             final or replay.nbytes <= REPLAY_IN_PERIODIC_GB * 1e9)))
         payload = checkpoint_payload(cfg, learner, replay, rng, {**counters, "wall_seconds": wall()}, env)
@@ -484,6 +517,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
     def run_evaluation(final: bool = False) -> float | None:
         """The evaluation's mean score, or None when Ctrl-C / SIGTERM dropped it (not recorded)."""
         steps = counters["agent_steps"]
+        learn_step.drain(learner, replay, interval)
         recording = (GameRecorder(run_dir / "videos" / f"eval-step{steps:09d}.mp4", real_time_fps(cfg.env))
                      if cfg.capture_video else None)
         result = evaluate(evaluating, cfg.env, episodes=cfg.eval_episodes, epsilon=cfg.eval_eps,
@@ -543,7 +577,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
         if not limiter.may_run_ahead(group):
             return False
         counters["credit"] -= group  # paid back by the next steps' credit
-        update(cfg, learner, replay, counters, beta_at(cfg, counters["schedule_steps"]), interval)
+        learn_step.update(cfg, learner, replay, counters, beta_at(cfg, counters["schedule_steps"]), interval)
         limiter.sampled += group * cfg.batch_size
         return True
 

@@ -212,7 +212,7 @@ def test_priorities_sent_to_the_replay_are_the_per_sample_losses(head):
         want = reference_quantile_huber(taken, batch["returns"][:, None] + batch["discounts"][:, None] * next_outputs)
 
     class OneBatchReplay:
-        def sample(self, batch_size, beta):
+        def sample(self, batch_size, beta, slot=0):
             return type("Sample", (), batch)()
 
         def update_priorities(self, indices, priorities):
@@ -220,7 +220,7 @@ def test_priorities_sent_to_the_replay_are_the_per_sample_losses(head):
 
     replay = OneBatchReplay()
     stats = {"loss": torch.zeros(()), "q": torch.zeros(()), "td": torch.zeros(()), "n": 0}
-    train_mod.update(cfg, learner, replay, {"updates": 0, "schedule_steps": 0}, 0.4, stats)
+    train_mod.ReplayLearning().update(cfg, learner, replay, {"updates": 0, "schedule_steps": 0}, 0.4, stats)
     np.testing.assert_array_equal(replay.sent[0], np.arange(8))
     np.testing.assert_allclose(replay.sent[1], want, rtol=1e-4)
     # the loss is their importance-weighted mean
@@ -284,12 +284,12 @@ def test_replay_ratio_follows_the_agent_step(monkeypatch):
     assert [train_mod.replay_ratio_at(cfg, s) for s in (0, 999, 1000, 5000)] == [16.0, 16.0, 4.0, 4.0]
     # the credit follows it: 100 agent steps buy 16 * 100 / 64 = 25 updates early, 4 * 100 / 64 = 6 later
     calls = []
-    monkeypatch.setattr(train_mod, "update", lambda *args: calls.append(1))
+    monkeypatch.setattr(train_mod.ReplayLearning, "update", lambda *args: calls.append(1))
     cpu_learner = type("CpuLearner", (), {"cuda_graph": False, "updates_per_graph": 1})()
     spent = []
     for steps in (0, 2000):
         calls.clear()
-        train_mod.learn(cfg, cpu_learner, None, {"credit": 0.0, "schedule_steps": steps}, 100, {})
+        train_mod.ReplayLearning()(cfg, cpu_learner, None, {"credit": 0.0, "schedule_steps": steps}, 100, {})
         spent.append(len(calls))
     assert spent == [25, 6]
 

@@ -245,7 +245,7 @@ def test_the_learner_and_train_checks_and_the_figures(tmp_path):
     write(tmp_path / "same-weights.json", {"identical": True})
     figs = gpu_check.figures(tmp_path)
     assert figs["graph / eager, bf16, batch 32"] == 6.0
-    assert figs["host ring vs device ring, final weights"] == "identical"
+    assert figs["host ring + serial vs device ring + overlapped, final weights"] == "identical"
     gpu_check.write_summary({"verdict": "passed", "steps": [], "figures": figs}, tmp_path)
     assert "- graph / eager, bf16, batch 32: 6.00" in (tmp_path / "summary.md").read_text()
 

@@ -17,7 +17,7 @@ from fastdqn.agents.pqn import PQN
 from fastdqn.config import make_config
 from fastdqn.envs import VecEnv
 from fastdqn.rollout import RolloutStore
-from fastdqn.train import build_agent, build_store, learn_from_rollout, make_rngs, new_counters, restore, train
+from fastdqn.train import RolloutLearning, build_agent, build_store, learn_from_rollout, make_rngs, new_counters, restore, train
 
 
 def test_a2c_losses_by_hand():
@@ -162,7 +162,7 @@ def test_restore_continues_an_on_policy_agent_and_its_rollout_exactly(tmp_path, 
     agent, acting, _ = build_agent(cfg, env, torch.device("cpu"))
     rng, sampling_seed = make_rngs(cfg.seed + 1)
     store, learn_step, learning_starts = build_store(cfg, env, torch.device("cpu"), sampling_seed)
-    assert learn_step is learn_from_rollout and learning_starts == 0 and isinstance(store, RolloutStore)
+    assert isinstance(learn_step, RolloutLearning) and learning_starts == 0 and isinstance(store, RolloutStore)
     counters = new_counters(cfg)
     path = tmp_path / "run" / "checkpoint.pt"
     state = checkpoint.load(path)

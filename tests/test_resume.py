@@ -18,7 +18,7 @@ from fastdqn import checkpoint
 from fastdqn.acting import epsilon_at
 from fastdqn.config import make_config
 from fastdqn.envs import VecEnv
-from fastdqn.train import (beta_at, build_learner, build_replay, learn, make_rngs, new_counters, restore,
+from fastdqn.train import (ReplayLearning, beta_at, build_learner, build_replay, make_rngs, new_counters, restore,
                            train)
 
 
@@ -41,7 +41,7 @@ def _continue(cfg, learner, replay, rng, counters, iterations=12):
         draws.append(rng.random(4))
         counters["agent_steps"] += 4
         counters["schedule_steps"] += 4
-        learn(cfg, learner, replay, counters, 4, _stats())
+        ReplayLearning()(cfg, learner, replay, counters, 4, _stats())
     return np.concatenate(draws)
 
 

@@ -8,7 +8,7 @@ from fastdqn import checkpoint
 from fastdqn.agents import GaussianExploration
 from fastdqn.config import PRESETS, make_config
 from fastdqn.envs import VecEnv
-from fastdqn.train import build_agent, build_replay, learn, make_rngs, new_counters, restore, train
+from fastdqn.train import ReplayLearning, build_agent, build_replay, make_rngs, new_counters, restore, train
 
 
 def small_td3(run_dir, **changes):
@@ -66,7 +66,7 @@ def test_td3_restore_continues_learning_exactly_like_the_uninterrupted_process(t
         for _ in range(6):
             counters["agent_steps"] += 2
             counters["schedule_steps"] += 2
-            learn(cfg, agent, replay, counters, 2, stats)
+            ReplayLearning()(cfg, agent, replay, counters, 2, stats)
         return rng.random(4)
 
     np.testing.assert_array_equal(go_on(agent, replay, rng, counters),

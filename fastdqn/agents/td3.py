@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from fastdqn import hardware
-from fastdqn.learner import BATCH_FIELDS, Learner, _field
+from fastdqn.learner import BATCH_FIELDS, GroupedUpdates, Learner, ResultsToHost, _field
 
 __all__ = ["ALGORITHMS", "Actor", "Critic", "GaussianExploration", "TD3", "make_agent"]
 
@@ -137,7 +137,7 @@ def _adam(params: list[nn.Parameter], lr: float, eps: float, device: torch.devic
     return Learner._make_optimizer(owner, "adam", lr, eps)
 
 
-class TD3:
+class TD3(GroupedUpdates):
     """Owns the actor, the critics, their targets and the two optimizers; runs the update.
 
     Args:
@@ -205,6 +205,7 @@ class TD3:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static: dict[str, torch.Tensor] | None = None
         self._graph_out: torch.Tensor | None = None
+        self._results = ResultsToHost(self.device)
 
     @staticmethod
     def _tensors(module: nn.Module) -> list[torch.Tensor]:
@@ -344,20 +345,25 @@ class TD3:
         self.num_updates += 1
         return _results(self._pack([out]), single=True)
 
-    def update_many(self, batches: Sequence[Any]) -> dict[str, torch.Tensor]:
-        """K consecutive updates; one CUDA graph replay when enabled and K == updates_per_graph.
-        Host tensors: loss (K,), actor_loss (K,), td_abs (K, B), mean_q (K,)."""
+    def launch(self, batches: Sequence[Any]) -> None:
+        """Start K consecutive updates; one CUDA graph replay when enabled and K == updates_per_graph
+        (queued: this returns at once), else eager. ``finish()`` returns host tensors loss (K,),
+        actor_loss (K,), td_abs (K, B), mean_q (K,)."""
+        self._check_idle()
         batches = list(batches)
         if not (self.cuda_graph and len(batches) == self.updates_per_graph):
             results = [self.update(b) for b in batches]
-            return {key: torch.stack([r[key] for r in results]) for key in results[0]}
+            stacked = {key: torch.stack([r[key] for r in results]) for key in results[0]}
+            self._pending = lambda: stacked
+            return
         if self._graph is None or not self._matches(batches):
             self._capture(batches)
         else:
             self._load(batches)
         self._graph.replay()
         self.num_updates += len(batches)
-        return _results(self._graph_out.cpu())
+        self._results.queue(self._graph_out)
+        self._pending = lambda: _results(self._results.wait())
 
     @staticmethod
     def _pack(outs) -> torch.Tensor:

@@ -258,6 +258,12 @@ class GroupedUpdates:
         pending, self._pending = self._pending, None
         return pending()
 
+    def _launch_eagerly(self, batches: Sequence[Any]) -> None:
+        """The updates one by one now (``update``), their results stacked for ``finish``."""
+        results = [self.update(b) for b in batches]
+        stacked = {key: torch.stack([r[key] for r in results]) for key in results[0]}
+        self._pending = lambda: stacked
+
     def _check_idle(self) -> None:
         if self._pending is not None:
             raise RuntimeError("launch() again before finish() took the results of the last one")
@@ -571,9 +577,7 @@ class Learner(GroupedUpdates):
             to_copy = self.target_update_period - self.num_updates % self.target_update_period
             graph = to_copy >= k  # else a copy falls inside this group: eager (rare, exact)
         if not graph:
-            results = [self.update(b) for b in batches]
-            stacked = {key: torch.stack([r[key] for r in results]) for key in results[0]}
-            self._pending = lambda: stacked
+            self._launch_eagerly(batches)
             return
         if self._graph is None or not self._graph_staging.matches(batches):
             self._capture(batches)  # loads the batches into the static inputs itself

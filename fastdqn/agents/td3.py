@@ -352,9 +352,7 @@ class TD3(GroupedUpdates):
         self._check_idle()
         batches = list(batches)
         if not (self.cuda_graph and len(batches) == self.updates_per_graph):
-            results = [self.update(b) for b in batches]
-            stacked = {key: torch.stack([r[key] for r in results]) for key in results[0]}
-            self._pending = lambda: stacked
+            self._launch_eagerly(batches)
             return
         if self._graph is None or not self._matches(batches):
             self._capture(batches)

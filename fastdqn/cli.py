@@ -1,7 +1,7 @@
 """fastdqn: train DQN-family agents on EnvPool games, evaluate them, plot them, benchmark.
 
   fastdqn train --preset cartpole          solve CartPole-v1 in a couple of minutes
-  fastdqn train --preset breakout-cpu-nips Breakout on a small CPU (60 minutes)
+  fastdqn train --preset breakout-cpu      Breakout on a small CPU (60 minutes)
   fastdqn eval RUN_DIR --video game.mp4    full-game evaluation of a run's checkpoint
   fastdqn push RUN_DIR --repo-id USER/NAME share it on the Hugging Face Hub; fastdqn eval hf://USER/NAME
   fastdqn plot RUN_DIR [RUN_DIR ...]       learning-curve PNG from the runs' logs (several: overlaid)

@@ -37,7 +37,7 @@ class TrainConfig:
     exp_name: str = _f("", "experiment name in the default run directory and in W&B; default: the preset's name, else dqn")
     seed: int = _f(0, "seed of torch, NumPy and the replay sampler (the env pool's own seed is --env-seed)")
     device: str = _f("auto", "auto, cpu or cuda")
-    torch_threads: int = _f(0, "CPU threads for torch; 0 = auto (1 for small MLPs, where more threads only add overhead; all cores for the CNN on a CPU, less those of local Ray actors; 1 on a GPU, whose host work is only copies)")
+    torch_threads: int = _f(0, "CPU threads for torch; 0 = auto (1 for small MLP updates, batch x hidden < 16384 as CartPole's, where more threads only add overhead; all cores for a CNN or a wider MLP (TD3's) on a CPU, less those of local Ray actors; 1 on a GPU, whose host work is only copies)")
     total_steps: int = _f(10_000_000, "agent steps to train for (frames = steps x frame_skip)")
     # --- replay
     buffer_size: int = _f(1_000_000, "replay capacity in transitions (one frame each)")
@@ -249,43 +249,47 @@ PRESETS: dict[str, dict] = {
     "breakout": dict(
         env=dict(env_id="Breakout-v5", num_envs=64),
     ),
-    # Breakout on a small CPU (2 cores): fewer updates per step, faster exploration; precision
-    # auto (bf16 only on CPUs with bf16 instructions).
-    "breakout-cpu": dict(
-        env=dict(env_id="Breakout-v5", num_envs=16, num_threads=2),
-        total_steps=3_000_000,
-        buffer_size=300_000,
-        learning_starts=20_000,
-        batch_size=32,
-        replay_ratio=2.0,
-        n_step=3,
-        lr=2.5e-4,
-        target_update_period=1000,
-        eps_mid=0.1,
-        eps_mid_steps=150_000,
-        eps_final=0.01,
-        eps_final_steps=1_000_000,
-        eval_interval=100_000,
-        checkpoint_interval=100_000,
-        max_minutes=60.0,
-    ),
 }
-# Breakout on a small CPU without bf16 instructions: the lighter network of Mnih et al. (2013)
-# (a third of the Nature CNN's arithmetic, fc 256) at twice breakout-cpu's replay ratio, in
-# batches of 64: on 2 AVX2 cores a sample costs ~0.8x as much in a batch of 64 as in one of 32,
-# so the agent steps ~1.4x as fast. Half as many updates, so the target period (in updates)
-# is halved to keep it at 8k agent steps, and the lr is 5e-4 (twice breakout-cpu's 2.5e-4: on
-# four seeds it reached human level by minute 18.9, where 3.5e-4 did within 20 minutes on two).
-# Measured on 2 cores, fp32: docs/results/breakout-cpu/ (TUNING.md).
-PRESETS["breakout-cpu-nips"] = dict(PRESETS["breakout-cpu"], torso="nips", hidden=256, replay_ratio=4.0,
+# Breakout on a small CPU (2 cores) with the Nature CNN: fewer updates per step than the papers
+# (replay ratio 2), faster exploration. The preset `breakout-cpu` until 2026-12-07; now the base of
+# the two CPU presets below (its hour and what it reached: docs/results/breakout-cpu/TUNING.md).
+_BREAKOUT_CPU_NATURE = dict(
+    env=dict(env_id="Breakout-v5", num_envs=16, num_threads=2),
+    total_steps=3_000_000,
+    buffer_size=300_000,
+    learning_starts=20_000,
+    batch_size=32,
+    replay_ratio=2.0,
+    n_step=3,
+    lr=2.5e-4,
+    target_update_period=1000,
+    eps_mid=0.1,
+    eps_mid_steps=150_000,
+    eps_final=0.01,
+    eps_final_steps=1_000_000,
+    eval_interval=100_000,
+    checkpoint_interval=100_000,
+    max_minutes=60.0,
+)
+# The lighter network of Mnih et al. (2013) (a third of the Nature CNN's arithmetic, fc 256) at
+# twice the Nature setting's replay ratio, in batches of 64: on 2 AVX2 cores a sample costs ~0.8x
+# as much in a batch of 64 as in one of 32, so the agent steps ~1.4x as fast. Half as many
+# updates, so the target period (in updates) is halved to keep it at 8k agent steps, and the lr is
+# 5e-4 (twice 2.5e-4: on four seeds it reached human level by minute 18.9, where 3.5e-4 did within
+# 20 minutes on two). Measured on 2 cores, fp32: docs/results/breakout-cpu/ (TUNING.md).
+PRESETS["breakout-cpu-nips"] = dict(_BREAKOUT_CPU_NATURE, torso="nips", hidden=256, replay_ratio=4.0,
                                     batch_size=64, target_update_period=500, lr=5e-4)
-# Rainbow's parts but noisy nets (epsilon-greedy instead), on breakout-cpu-nips: a C51 head
-# (51 atoms on [-10, 10]) at twice its lr, twice the updates while the agent is young (replay ratio
-# 8 until 250k agent steps), a 1M replay sampled from its newest 300k until 500k, evaluations every
-# 50k. Three seeds against the scalar head on the same flags: docs/results/breakout-cpu/TUNING.md.
-PRESETS["breakout-cpu-rainbow"] = dict(PRESETS["breakout-cpu-nips"], head="c51", lr=1e-3, replay_ratio_early=8.0,
-                                       replay_ratio_early_steps=250_000, buffer_size=1_000_000,
-                                       replay_window=300_000, replay_window_steps=500_000, eval_interval=50_000)
+# Breakout on a small CPU, learning the most per agent step: Rainbow's parts but noisy nets
+# (epsilon-greedy instead), on breakout-cpu-nips: a C51 head (51 atoms on [-10, 10]) at twice its
+# lr, twice the updates while the agent is young (replay ratio 8 until 250k agent steps), a 1M
+# replay sampled from its newest 300k until 500k, evaluations every 50k. Named
+# breakout-cpu-rainbow until 2026-12-07. Three seeds against the scalar head on the same flags,
+# and its hours: docs/results/breakout-cpu/TUNING.md.
+PRESETS["breakout-cpu"] = dict(PRESETS["breakout-cpu-nips"], head="c51", lr=1e-3, replay_ratio_early=8.0,
+                               replay_ratio_early_steps=250_000, buffer_size=1_000_000,
+                               replay_window=300_000, replay_window_steps=500_000, eval_interval=50_000)
+# Presets renamed, for a one-line error that names the new one.
+RENAMED_PRESETS = {"breakout-cpu-rainbow": "breakout-cpu"}
 PRESETS["halfcheetah"] = dict(_MUJOCO_TD3, env=dict(env_id="HalfCheetah-v4", num_envs=1))
 # On-policy agents: no replay; epsilon is PQN's alone (A2C samples its policy: its epsilons are 0).
 _CARTPOLE_ON_POLICY = dict(eval_eps=0.0, eval_interval=10_000, eval_episodes=8, eval_max_steps=500, log_interval=2_000,
@@ -324,12 +328,10 @@ PRESETS["walker2d"] = dict(_MUJOCO_TD3, env=dict(env_id="Walker2d-v4", num_envs=
 PRESET_PURPOSE = {
     "cartpole": "a first run: CartPole-v1 with an MLP, solved (eval 500) in a few minutes on any CPU",
     "breakout": "Breakout as the papers run it (10M agent steps, replay ratio 8, 64 envs): needs a GPU",
-    "breakout-cpu": "Breakout for an hour on a small CPU with the Nature CNN at replay ratio 2 (bf16 where the CPU has it)",
-    "breakout-cpu-nips": "Breakout for an hour on a small CPU, with or without bf16: the 2013 network at replay ratio 4, "
-                         "batch 64",
-    "breakout-cpu-rainbow": "Breakout on a small CPU, learning the most per agent step: breakout-cpu-nips with a C51 "
-                            "head at lr 1e-3, replay ratio 8 until 250k agent steps and a 1M replay (Rainbow but "
-                            "noisy nets)",
+    "breakout-cpu": "Breakout on a small CPU, learning the most per agent step: the 2013 network with a C51 head at "
+                    "lr 1e-3, replay ratio 8 until 250k agent steps then 4, a 1M replay (Rainbow but noisy nets)",
+    "breakout-cpu-nips": "Breakout on a small CPU with the scalar head: the 2013 network at replay ratio 4, batch 64 "
+                         "(the fastest agent steps on a CPU without bf16)",
     "halfcheetah": "TD3 on HalfCheetah-v4 (MuJoCo), CleanRL's settings: 1M agent steps, one batch-256 update per step",
     "hopper": "TD3 on Hopper-v4 (MuJoCo), CleanRL's settings: 1M agent steps, one batch-256 update per step",
     "walker2d": "TD3 on Walker2d-v4 (MuJoCo), CleanRL's settings: 1M agent steps, one batch-256 update per step",
@@ -390,9 +392,18 @@ def _add_field(parser, cls, f: dataclasses.Field, flag_of) -> None:
     parser.add_argument(flag_of(f.name), **kwargs)
 
 
+def preset_name(name: str) -> str:
+    """--preset's check: a known preset, or a one-line error naming the choices (or the new name)."""
+    if name in PRESETS:
+        return name
+    if name in RENAMED_PRESETS:
+        raise argparse.ArgumentTypeError(f"preset {name!r} is now called {RENAMED_PRESETS[name]!r} (the same settings)")
+    raise argparse.ArgumentTypeError(f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="start from a named set of settings "
-                        "(fastdqn presets lists what each sets)")
+    parser.add_argument("--preset", type=preset_name, metavar="{" + ",".join(sorted(PRESETS)) + "}",
+                        help="start from a named set of settings (fastdqn presets lists what each sets)")
     environment = parser.add_argument_group("environment")
     for f in dataclasses.fields(EnvConfig):
         _add_field(environment, EnvConfig, f, _env_flag)

@@ -43,6 +43,15 @@ def test_bad_values_are_refused_by_the_flag_the_user_types(changes, message):
         make_config("cartpole", **changes)
 
 
+def test_a_renamed_or_unknown_preset_is_refused_in_one_line(capsys):
+    for name, message in (("breakout-cpu-rainbow", "preset 'breakout-cpu-rainbow' is now called 'breakout-cpu'"),
+                          ("breakout-gpu", "unknown preset 'breakout-gpu'; choose from breakout, ")):
+        with pytest.raises(SystemExit) as exit_info:
+            parse("--preset", name)
+        last_line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exit_info.value.code == 2 and message in last_line
+
+
 def test_cli_help_and_bad_input_exit_cleanly(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "fastdqn.cli", *a], capture_output=True, text=True)  # noqa: E731
     out = run("train", "--help")

@@ -124,7 +124,7 @@ def test_preset_listing_reads_the_archive_and_handles_any_preset(archive):
 def test_a_preset_added_later_is_listed_without_runs_or_purpose(archive, monkeypatch):
     from fastdqn import config
 
-    monkeypatch.setitem(config.PRESETS, "breakout-new", dict(config.PRESETS["breakout-cpu"], n_step=5))
+    monkeypatch.setitem(config.PRESETS, "breakout-new", dict(config.PRESETS["breakout-cpu-nips"], n_step=5))
     lines = results.describe_preset("breakout-new", results.collect(archive[0]))
     assert lines == ["memory: replay 300,000 transitions, about 2.1 GB", "known to reach: no committed run yet"]
 

@@ -8,7 +8,7 @@ from fastdqn import checkpoint
 from fastdqn.agents import GaussianExploration
 from fastdqn.config import PRESETS, make_config
 from fastdqn.envs import VecEnv
-from fastdqn.train import ReplayLearning, build_agent, build_replay, make_rngs, new_counters, restore, train
+from fastdqn.train import ReplayLearning, build_agent, default_cpu_threads, build_replay, make_rngs, new_counters, restore, train
 
 
 def small_td3(run_dir, **changes):
@@ -92,6 +92,16 @@ def test_the_algorithm_must_fit_the_task():
         cfg = make_config(name)
         assert cfg.algorithm == "td3" and cfg.exp_name == name and PRESETS[name]["env"]["num_envs"] == 1
     assert make_config(None, algorithm="ddpg", env=dict(env_id="Hopper-v4")).exp_name == "ddpg"
+
+
+def test_torch_threads_by_default_one_for_small_mlp_updates_all_cores_for_td3_and_cnns():
+    vector, frames = (17,), (4, 84, 84)
+    assert default_cpu_threads(make_config("cartpole"), (4,), cores=2) == 1  # batch 64 x 128 units
+    assert default_cpu_threads(make_config("cartpole-pqn"), (4,), cores=2) == 1
+    assert default_cpu_threads(make_config("halfcheetah"), vector, cores=2) == 2  # batch 256 x 256 units
+    assert default_cpu_threads(make_config("halfcheetah", batch_size=32), vector, cores=8) == 1
+    assert default_cpu_threads(make_config("halfcheetah", batch_size=64), vector, cores=8) == 8
+    assert default_cpu_threads(make_config("breakout-cpu", batch_size=32), frames, cores=2) == 2  # a CNN: any batch
 
 
 def test_ddpg_builds_one_critic_without_delay_or_smoothing(tmp_path):

@@ -28,6 +28,12 @@ def _f(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+# Below this many batch rows x hidden units an MLP's update is too small for a second torch thread to
+# pay for its synchronisation. `fastdqn bench continuous` on a 2-core Zen4 (2026-12-07), TD3 updates/s
+# with one thread and two: batch 64 x 128 units 513 / 350, 64 x 256 206 / 315, 256 x 256 106 / 142.
+SMALL_MLP_UPDATE = 64 * 256
+
+
 @dataclass
 class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -37,7 +43,7 @@ class TrainConfig:
     exp_name: str = _f("", "experiment name in the default run directory and in W&B; default: the preset's name, else dqn")
     seed: int = _f(0, "seed of torch, NumPy and the replay sampler (the env pool's own seed is --env-seed)")
     device: str = _f("auto", "auto, cpu or cuda")
-    torch_threads: int = _f(0, "CPU threads for torch; 0 = auto (1 for small MLP updates, batch x hidden < 16384 as CartPole's, where more threads only add overhead; all cores for a CNN or a wider MLP (TD3's) on a CPU, less those of local Ray actors; 1 on a GPU, whose host work is only copies)")
+    torch_threads: int = _f(0, f"CPU threads for torch; 0 = auto (1 for small MLP updates, batch x hidden < {SMALL_MLP_UPDATE} as CartPole's, where more threads only add overhead; all cores for a CNN or a wider MLP (TD3's) on a CPU, less those of local Ray actors; 1 on a GPU, whose host work is only copies)")
     total_steps: int = _f(10_000_000, "agent steps to train for (frames = steps x frame_skip)")
     # --- replay
     buffer_size: int = _f(1_000_000, "replay capacity in transitions (one frame each)")

@@ -43,7 +43,7 @@ import torch
 from fastdqn import checkpoint, hardware
 from fastdqn.acting import EpsilonGreedy, epsilon_at, linear_two_phase
 from fastdqn.actor import Actor, LocalSource, store
-from fastdqn.config import ON_POLICY, REPLAY_IN_PERIODIC_GB, TrainConfig, check_resumable, new_run_dir, protocol_record, to_dict
+from fastdqn.config import ON_POLICY, REPLAY_IN_PERIODIC_GB, SMALL_MLP_UPDATE, TrainConfig, check_resumable, new_run_dir, protocol_record, to_dict
 from fastdqn.envs import VecEnv
 from fastdqn.evaluate import evaluate
 from fastdqn.interrupts import Abort, StopRequests
@@ -79,12 +79,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU")
     return device
-
-
-# Below this many batch rows x hidden units an MLP's update is too small for a second torch thread to
-# pay for its synchronisation. `fastdqn bench continuous` on a 2-core Zen4 (2026-12-07), TD3 updates/s
-# with one thread and two: batch 64 x 128 units 513 / 350, 64 x 256 206 / 315, 256 x 256 106 / 142.
-SMALL_MLP_UPDATE = 64 * 256
 
 
 def default_cpu_threads(cfg: TrainConfig, obs_shape, cores: int) -> int:

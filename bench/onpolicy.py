@@ -5,7 +5,8 @@
     python -m bench.onpolicy --quick               # smoke run
 
 A learning step is what the loop runs once per full rollout (train.learn_from_rollout without the
-store): A2C one update on T x N transitions; PQN the Q(lambda) targets and K epochs x M minibatches.
+store): A2C one update on T x N transitions; PQN the Q(lambda) targets and K epochs x M minibatches,
+its max-Q bootstraps handed over as the training rule records them while acting (no forward here).
 Rollouts are random (observations, actions, rewards, 1 % episode ends), sized as the presets:
 
     cartpole  a2c 16 envs x 8 steps, separate 128-unit MLPs    pqn 16 x 32, 4 x 4 minibatches, 128 units
@@ -78,8 +79,15 @@ def run(tasks=("cartpole", "atari"), precisions=("auto",), seconds: float = 3.0,
             for name in ("a2c", "pqn"):
                 agent, batch, transitions = make(name, task, precision, device)
                 rng = np.random.default_rng(0)
+                recorded = []
+                if name == "pqn":  # what its acting forwards record in training (acting is not timed here)
+                    with torch.no_grad():
+                        recorded = [agent.q_network(torch.as_tensor(row, device=device)).float()
+                                    for row in batch["obs"][1:]]
 
                 def step():
+                    for q in recorded:
+                        agent.record_values(q)
                     out = agent.learn(batch, rng)
                     out["loss"].item()  # (waits for the device)
                     return out

@@ -38,17 +38,21 @@ def epsilon_at(cfg, step: int) -> float:
 
 @torch.no_grad()
 def select_actions(q_network, obs: np.ndarray, epsilon: float, num_actions: int, rng: np.random.Generator,
-                   device: torch.device, precision: str = "fp32") -> np.ndarray:
+                   device: torch.device, precision: str = "fp32", record=None) -> np.ndarray:
     """Greedy actions from one batched forward, each replaced by a random one with prob. epsilon.
 
-    ``precision`` is a resolved one (fp32 | bf16); Q and its argmax are fp32 either way.
+    ``precision`` is a resolved one (fp32 | bf16); Q and its argmax are fp32 either way. The
+    forward is skipped when every env explores, unless ``record`` is given: then it always runs
+    and ``record(q)`` receives Q (B, A) fp32, on the device.
     """
     batch = len(obs)
     explore = rng.random(batch) < epsilon
     actions = rng.integers(0, num_actions, batch)
-    if not explore.all():
+    if record is not None or not explore.all():
         with autocast(device, precision):
-            q = q_network(torch.as_tensor(obs, device=device))
+            q = q_network(torch.as_tensor(obs, device=device)).float()
+        if record is not None:
+            record(q)
         greedy = q.argmax(dim=1).cpu().numpy()
         actions = np.where(explore, actions, greedy)
     return actions.astype(np.int32)
@@ -56,13 +60,16 @@ def select_actions(q_network, obs: np.ndarray, epsilon: float, num_actions: int,
 
 class EpsilonGreedy:
     """DQN's acting rule, as the Actor and evaluation call every agent's: ``rule(obs, epsilon, rng)``
-    -> actions (B,) int32 (select_actions on ``network``, the Q-network)."""
+    -> actions (B,) int32 (select_actions on ``network``, the Q-network). ``record``: see
+    select_actions (PQN keeps the values its targets need)."""
 
     action_shape: tuple = ()
     action_dtype = np.int64
 
-    def __init__(self, network, num_actions: int, device: torch.device, precision: str = "fp32"):
+    def __init__(self, network, num_actions: int, device: torch.device, precision: str = "fp32", record=None):
         self.network, self.num_actions, self.device, self.precision = network, num_actions, device, precision
+        self.record = record
 
     def __call__(self, obs: np.ndarray, epsilon, rng: np.random.Generator) -> np.ndarray:
-        return select_actions(self.network, obs, epsilon, self.num_actions, rng, self.device, self.precision)
+        return select_actions(self.network, obs, epsilon, self.num_actions, rng, self.device, self.precision,
+                              self.record)

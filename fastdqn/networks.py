@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TORSOS", "HEADS", "NatureCNN", "MLP", "QHead", "make_q_network", "cast_trunk", "channels_last"]
+__all__ = ["TORSOS", "HEADS", "NatureCNN", "MLP", "QHead", "make_q_network", "cast_trunk", "channels_last",
+           "scale_pixels"]
 
 _RELU_GAIN = math.sqrt(2.0)
 # torch >= 2.4 asks "is autocast on, and in which dtype" per device type; older versions
@@ -178,15 +179,32 @@ TORSOS = {
 }
 
 
+def scale_pixels(obs: torch.Tensor, channels_last_input: bool = False) -> torch.Tensor:
+    """Pixels (uint8, 0..255) -> a conv torso's input, /255 in the autocast dtype (else fp32).
+
+    Under autocast the bytes go straight to the autocast dtype (0..255 are exact in bf16) and
+    are divided there: one rounding, the one the fp32 path makes when the conv casts its input,
+    without an fp32 copy of the batch (at batch 256, 29 MB written and read again). With
+    ``channels_last_input`` (weights made torch.channels_last) the bytes are reordered before
+    the cast (4x less to move), so every conv runs channels_last with no reorder of its own.
+    """
+    device_type = obs.device.type
+    dtype = torch.float32
+    if _DEVICE_AUTOCAST_API and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    if channels_last_input:
+        obs = channels_last(obs)
+    x = obs.to(dtype)
+    return x.div_(255.0) if x is not obs else x / 255.0  # never scale the caller's tensor
+
+
 class NatureCNN(nn.Module):
     """Mnih et al. (2015): conv 32x8x8/4, 64x4x4/2, 64x3x3/1, fc ``hidden`` (512), Q per action;
     ``torso="nips"`` swaps in the 2013 paper's convs (16x8x8/4, 32x4x4/2), see TORSOS.
 
     Input: raw pixels (B, C, 84, 84), normally uint8 in [0, 255]; the /255 scaling happens
-    here so the replay and the actor can keep frames as bytes. Under autocast the bytes are
-    converted straight to the autocast dtype (0..255 are exact in bf16), which saves an fp32
-    copy of the batch; the division then rounds once, as the fp32 path rounds when the conv
-    casts its input. The learner runs it channels_last on the CPU (see forward).
+    here (scale_pixels) so the replay and the actor can keep frames as bytes. The learner runs
+    it channels_last on the CPU for fp32 (see learner.py).
     """
 
     def __init__(self, num_actions: int, in_channels: int = 4, hidden: int = 512,
@@ -205,20 +223,10 @@ class NatureCNN(nn.Module):
         self.head = QHead(n_features, hidden, num_actions, dueling, **head)
 
     def scale(self, obs: torch.Tensor) -> torch.Tensor:
-        """Pixels -> the torso's input: /255 in the autocast dtype (else fp32), in the weights'
-        memory format. forward(obs) is forward(scale(obs), scaled=True); the learner scales s'
-        once for both of its networks."""
-        device_type = obs.device.type
-        dtype = torch.float32
-        if _DEVICE_AUTOCAST_API and torch.is_autocast_enabled(device_type):
-            dtype = torch.get_autocast_dtype(device_type)
-        # The input takes the weights' memory format: after net.to(memory_format=
-        # torch.channels_last) every conv runs channels_last with no reorder of its own. The
-        # bytes are reordered before the cast (4x less to move), and scaled in place.
-        if self.torso[0].weight.is_contiguous(memory_format=torch.channels_last):
-            obs = channels_last(obs)
-        x = obs.to(dtype)
-        return x.div_(255.0) if x is not obs else x / 255.0  # never scale the caller's tensor
+        """Pixels -> the torso's input (scale_pixels, in the weights' memory format).
+        forward(obs) is forward(scale(obs), scaled=True); the learner scales s' once for both
+        of its networks."""
+        return scale_pixels(obs, self.torso[0].weight.is_contiguous(memory_format=torch.channels_last))
 
     def forward(self, obs: torch.Tensor, scaled: bool = False) -> torch.Tensor:
         return self.head(self.torso(obs if scaled else self.scale(obs)))

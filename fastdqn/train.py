@@ -153,8 +153,7 @@ def build_on_policy_agent(cfg: TrainConfig, env, device: torch.device):
     network = LayerNormQNetwork(env.obs_shape, env.num_actions, cfg.hidden, cfg.torso)
     agent = PQN(network, env.num_actions, gamma=cfg.gamma, q_lambda=cfg.q_lambda, epochs=cfg.update_epochs,
                 minibatches=cfg.num_minibatches, **common)
-    rule = agent.acting_rule()
-    return agent, rule, rule
+    return agent, agent.acting_rule(record=True), agent.acting_rule()
 
 
 # The counters a checkpoint carries. schedule_steps drives epsilon, beta and the lr: it follows
@@ -466,6 +465,7 @@ def _train(cfg: TrainConfig, progress: bool, stop: StopRequests) -> dict:
     else:
         env = VecEnv(env_cfg)
     if device.type == "cpu":
+        hardware.keep_freed_memory()  # (every agent's update allocates afresh: see there)
         cores = os.cpu_count()
         if cfg.actors and not cfg.ray_address:  # a local Ray: leave the actors their cores
             cores = max(1, cores - math.ceil(cfg.actors * cfg.actor_cpus))

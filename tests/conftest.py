@@ -132,15 +132,21 @@ def cartpole_run(tmp_path_factory):
 @pytest.fixture
 def last_checkpoint_objects(monkeypatch):
     """The training process's own objects at its last checkpoint (agent, store, rng, counters as
-    they were): what a restore from that checkpoint must reproduce."""
+    they were) and its acting rule: what a restore from that checkpoint must reproduce."""
     from fastdqn import train as train_mod
 
     live = {}
-    real_payload = train_mod.checkpoint_payload
+    real_payload, real_build = train_mod.checkpoint_payload, train_mod.build_agent
 
     def spy(cfg, agent, store, rng, counters, env):
         live.update(agent=agent, store=store, rng=rng, counters=dict(counters))
         return real_payload(cfg, agent, store, rng, counters, env)
 
+    def build_spy(*args, **kwargs):
+        agent, acting, evaluating = real_build(*args, **kwargs)
+        live["acting"] = acting
+        return agent, acting, evaluating
+
     monkeypatch.setattr(train_mod, "checkpoint_payload", spy)
+    monkeypatch.setattr(train_mod, "build_agent", build_spy)
     return live

@@ -123,14 +123,42 @@ def test_pqn_epochs_visit_every_transition_once_in_minibatches_on_targets_fixed_
 
     agent.network.forward = spy
     out = agent.learn(batch, np.random.default_rng(1))
-    targets_seen = []
-    for rows in seen[1:]:  # (the first forward computes the targets)
-        targets_seen.append(len(rows))
-    assert out["updates"] == 6 and out["sampled"] == 12 and targets_seen == [2] * 6
+    # no values recorded while acting: max Q of s_1..s_4, one row each (the acting forward's shape),
+    # before any step
+    assert seen[:4] == [[2.0], [3.0], [4.0], [5.0]]
+    minibatches = seen[4:]
+    assert out["updates"] == 6 and out["sampled"] == 12 and [len(rows) for rows in minibatches] == [2] * 6
     for epoch in range(3):
-        assert sorted(sum(seen[1 + 2 * epoch:3 + 2 * epoch], [])) == [1.0, 2.0, 3.0, 4.0]
-    assert len(seen[0]) == 4  # max Q of s_1..s_4, once, before any step
+        assert sorted(sum(minibatches[2 * epoch:2 * epoch + 2], [])) == [1.0, 2.0, 3.0, 4.0]
     assert torch.isfinite(targets).all()
+
+
+def test_pqn_targets_take_the_values_recorded_while_acting_on_the_rollout():
+    agent = PQN(LinearQ(), 2, gamma=0.5, q_lambda=0.5, epochs=1, minibatches=1, optimizer="sgd", lr=0.1,
+                max_grad_norm=None, precision="fp32")
+    batch = _one_step_rollout([1.0, 2.0, 3.0], [0, 1], [1.0, 2.0])
+    acting, evaluating = agent.acting_rule(record=True), agent.acting_rule()
+    rng = np.random.default_rng(0)
+    for obs in batch["obs"]:  # the loop acts on every row, the last one before learning; epsilon 1 too
+        acting(obs, 1.0, rng)
+    evaluating(np.full((1, 1), 100.0, np.float32), 0.0, rng)  # (records nothing)
+    with torch.no_grad():
+        agent.network.w.copy_(torch.tensor([10.0, 10.0]))  # after acting: the targets keep the acting weights
+    calls = []
+    agent.network.register_forward_hook(lambda *args: calls.append(1))
+    targets = agent.targets(agent._tensors(batch))
+    assert calls == []  # no forward of its own
+    g1 = 2.0 + 0.5 * 6.0  # max Q(s_2 = 3) = 6 with w = (1, 2), as recorded
+    g0 = 1.0 + 0.5 * ((1 - 0.5) * 4.0 + 0.5 * g1)
+    np.testing.assert_allclose(targets.flatten().numpy(), [g0, g1], rtol=1e-6)
+    assert agent._acted_values == []  # spent: the next rollout records afresh
+    # fewer recorded rows than steps (the first rollout after a resume): they are the last rows, the
+    # others are computed: s_2 acted on with w = (10, 10) (max Q 30), s_1 computed with w = (1, 2) (4)
+    acting(batch["obs"][2], 0.0, rng)
+    agent.network.w.data = torch.tensor([1.0, 2.0])
+    g1 = 2.0 + 0.5 * 30.0
+    g0 = 1.0 + 0.5 * ((1 - 0.5) * 4.0 + 0.5 * g1)
+    np.testing.assert_allclose(agent.targets(agent._tensors(batch)).flatten().numpy(), [g0, g1], rtol=1e-6)
 
 
 def test_a2c_acting_samples_the_policy_and_evaluation_takes_its_most_probable_action():
@@ -169,8 +197,7 @@ def test_restore_continues_an_on_policy_agent_and_its_rollout_exactly(tmp_path, 
     store_state, why = checkpoint.load_replay(path, state)
     assert store_state is not None, why
     restore(state, store_state, agent, store, rng, counters)
-    _, live_acting, _ = build_agent(cfg, env, torch.device("cpu"))
-    live_acting.network = live["agent"].network
+    live_acting = live["acting"]  # (PQN's records the values its agent's next targets take)
 
     def go_on(agent, acting, store, rng, counters):
         """What the loop does after the checkpoint, with the same made-up envs: act, store, learn."""
@@ -257,3 +284,14 @@ def test_onpolicy_bench_times_both_learning_steps(capsys):
     for r in rows.values():
         assert r["learning_agent_steps_per_s"] == pytest.approx(r["transitions"] * 1e3 / r["ms_per_rollout"])
     assert "agent steps/s (learning)" in capsys.readouterr().out
+
+
+def test_a_cpu_run_keeps_freed_memory_mapped_whatever_the_agent(tmp_path, monkeypatch):
+    # glibc's defaults would unmap each minibatch's fresh activations and page them in again
+    # (hardware.keep_freed_memory): the loop sets it for every agent, not only the DQN learner
+    from fastdqn import hardware
+
+    calls = []
+    monkeypatch.setattr(hardware, "keep_freed_memory", lambda: calls.append(1) or True)
+    train(small_on_policy("cartpole-pqn", tmp_path / "run", total_steps=1024), progress=False)
+    assert calls

@@ -4,7 +4,7 @@ rule and ``learn(batch)`` on a full rollout (fastdqn.rollout.RolloutStore.batch)
 
 Torsos: an MLP of two ``hidden``-wide layers for vector observations; for stacked Atari frames the
 conv layers of networks.TORSOS (Nature 2015 or NIPS 2013) and one fc layer of ``hidden`` units,
-uint8 in and /255 inside, as the Q-networks. ``layer_norm`` puts a LayerNorm before each ReLU
+uint8 in and /255 inside (networks.scale_pixels), as the Q-networks. ``layer_norm`` puts a LayerNorm before each ReLU
 (PQN's network, Gallici et al. 2024: over (C, H, W) after a conv, as in CleanRL's PQN).
 
 Precision: "auto" resolves as for the DQN learner (hardware.resolve_precision: bf16 only for conv
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from fastdqn import hardware
-from fastdqn.networks import _RELU_GAIN, TORSOS, _init_linear
+from fastdqn.networks import _RELU_GAIN, TORSOS, _init_linear, scale_pixels
 
 __all__ = ["Torso", "OnPolicyAgent", "make_optimizer", "OPTIMIZERS"]
 
@@ -63,7 +63,7 @@ class Torso(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs.float() / 255.0 if self.pixels else obs.float())
+        return self.net(scale_pixels(obs) if self.pixels else obs.float())
 
 
 def make_optimizer(params, kind: str, lr: float, adam_eps: float) -> torch.optim.Optimizer:

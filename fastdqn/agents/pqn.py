@@ -4,14 +4,19 @@ bootstrapped targets stable, Q(lambda) returns over short rollouts of many envs 
 
 One learning step on a full rollout of T steps x N envs (fastdqn.rollout):
 
-    next_t = max_a Q(s_{t+1}, a)                       (one forward, no gradient, before any step)
+    next_t = max_a Q(s_{t+1}, a)                       (recorded while acting: no extra forward)
     G_t    = lambda_returns(r, terminals, next, gamma, lambda)      (Peng's Q(lambda))
     K epochs, each over the T * N transitions in a fresh random order, split in M minibatches:
         loss = mean_i w_i (Q(s_i, a_i) - G_i)^2       (G a constant; w_i = 0 before a reset)
         clip the gradient norm, optimizer step
 
-The targets are computed once per rollout, from the weights that acted in it (what CleanRL's PQN
-records while acting). The minibatch order comes from the store's own stream (checkpointed).
+The targets are computed once per rollout, from the weights that acted in it, as CleanRL's PQN does:
+the training rule (``acting_rule(record=True)``) keeps max_a Q of every obs it acts on, and the loop
+acts on each row of the rollout right after storing it, the last row included, before this step. So
+the last T values recorded since the previous step are next_0 .. next_{T-1}, and the rollout costs no
+forward of its own. Rows acted on by no recorded forward (the first rollout after a resume, a rollout
+given to ``learn`` directly) get one forward each, of the acting forward's shape: the same numbers
+(a resumed run stays bit-identical). The minibatch order comes from the store's own stream (checkpointed).
 
 Acting: epsilon-greedy over the env batch (fastdqn.acting.EpsilonGreedy, the DQN rule) with the
 run's epsilon schedule; evaluation with --eval-eps.
@@ -68,6 +73,7 @@ class PQN(OnPolicyAgent):
         self.num_actions = int(num_actions)
         self.gamma, self.q_lambda = float(gamma), float(q_lambda)
         self.epochs, self.minibatches = int(epochs), int(minibatches)
+        self._acted_values: list[torch.Tensor] = []  # max_a Q (N,) of each obs the training rule acted on
         self._setup(network, optimizer=optimizer, lr=lr, adam_eps=adam_eps, max_grad_norm=max_grad_norm,
                     precision=precision, device=device, batch_size=batch_size)
 
@@ -75,16 +81,26 @@ class PQN(OnPolicyAgent):
     def q_network(self) -> nn.Module:
         return self.network
 
-    def acting_rule(self) -> EpsilonGreedy:
-        return EpsilonGreedy(self.network, self.num_actions, self.device, self.precision)
+    def acting_rule(self, record: bool = False) -> EpsilonGreedy:
+        """Epsilon-greedy on the Q-network; ``record``: the training loop's rule, which keeps the values
+        the next learning step's targets take (evaluation, ``fastdqn eval``: a plain one)."""
+        return EpsilonGreedy(self.network, self.num_actions, self.device, self.precision,
+                             record=self.record_values if record else None)
+
+    def record_values(self, q: torch.Tensor) -> None:
+        """Keep max_a Q of an obs batch of the pool (Q (N, A) of the acting forward) for the targets."""
+        self._acted_values.append(q.max(dim=1).values)
 
     def targets(self, b: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The Q(lambda) returns (T, N) of a rollout on the device (no gradient)."""
-        steps, envs = b["actions"].shape[:2]
+        """The Q(lambda) returns (T, N) of a rollout on the device (no gradient); next_t as the module
+        docstring says: recorded while acting on obs[t + 1], else one forward of obs[t + 1]."""
+        steps = b["actions"].shape[0]
+        recorded, self._acted_values = self._acted_values[-steps:], []  # obs rows T - len + 1 .. T
         with torch.no_grad(), self.autocast():
-            next_q = self.network(b["obs"][1:].flatten(0, 1)).float().max(dim=1).values
-        return lambda_returns(b["rewards"], b["terminated"], b["chain"], next_q.view(steps, envs), self.gamma,
-                              self.q_lambda)
+            computed = [self.network(b["obs"][1 + t]).float().max(dim=1).values
+                        for t in range(steps - len(recorded))]
+        next_q = torch.stack(computed + recorded)
+        return lambda_returns(b["rewards"], b["terminated"], b["chain"], next_q, self.gamma, self.q_lambda)
 
     def learn(self, batch: Mapping[str, Any], rng) -> dict[str, Any]:
         """K epochs x M minibatches on a full rollout (RolloutStore.batch()); ``rng`` (NumPy) draws

@@ -42,19 +42,20 @@ def select_actions(q_network, obs: np.ndarray, epsilon: float, num_actions: int,
     """Greedy actions from one batched forward, each replaced by a random one with prob. epsilon.
 
     ``precision`` is a resolved one (fp32 | bf16); Q and its argmax are fp32 either way. The
-    forward is skipped when every env explores, unless ``record`` is given: then it always runs
-    and ``record(q)`` receives Q (B, A) fp32, on the device.
+    forward is skipped when every env explores. ``record``, if given, receives what the forward
+    computed, Q (B, A) fp32 on the device, or None where it was skipped.
     """
     batch = len(obs)
     explore = rng.random(batch) < epsilon
     actions = rng.integers(0, num_actions, batch)
-    if record is not None or not explore.all():
+    q = None
+    if not explore.all():
         with autocast(device, precision):
             q = q_network(torch.as_tensor(obs, device=device)).float()
-        if record is not None:
-            record(q)
         greedy = q.argmax(dim=1).cpu().numpy()
         actions = np.where(explore, actions, greedy)
+    if record is not None:
+        record(q)
     return actions.astype(np.int32)
 
 

@@ -139,25 +139,39 @@ def test_pqn_targets_take_the_values_recorded_while_acting_on_the_rollout():
     batch = _one_step_rollout([1.0, 2.0, 3.0], [0, 1], [1.0, 2.0])
     acting, evaluating = agent.acting_rule(record=True), agent.acting_rule()
     rng = np.random.default_rng(0)
-    for obs in batch["obs"]:  # the loop acts on every row, the last one before learning; epsilon 1 too
-        acting(obs, 1.0, rng)
-    evaluating(np.full((1, 1), 100.0, np.float32), 0.0, rng)  # (records nothing)
-    with torch.no_grad():
-        agent.network.w.copy_(torch.tensor([10.0, 10.0]))  # after acting: the targets keep the acting weights
     calls = []
     agent.network.register_forward_hook(lambda *args: calls.append(1))
+
+    def set_w(w):
+        with torch.no_grad():
+            agent.network.w.copy_(torch.tensor(w))
+
+    for obs in batch["obs"]:  # the loop acts on every row, the last one before learning
+        acting(obs, 0.0, rng)
+    evaluating(np.full((1, 1), 100.0, np.float32), 0.0, rng)  # (records nothing)
+    set_w([10.0, 10.0])  # after acting: the targets keep the acting weights
+    del calls[:]
     targets = agent.targets(agent._tensors(batch))
     assert calls == []  # no forward of its own
     g1 = 2.0 + 0.5 * 6.0  # max Q(s_2 = 3) = 6 with w = (1, 2), as recorded
     g0 = 1.0 + 0.5 * ((1 - 0.5) * 4.0 + 0.5 * g1)
     np.testing.assert_allclose(targets.flatten().numpy(), [g0, g1], rtol=1e-6)
     assert agent._acted_values == []  # spent: the next rollout records afresh
-    # fewer recorded rows than steps (the first rollout after a resume): they are the last rows, the
-    # others are computed: s_2 acted on with w = (10, 10) (max Q 30), s_1 computed with w = (1, 2) (4)
-    acting(batch["obs"][2], 0.0, rng)
-    agent.network.w.data = torch.tensor([1.0, 2.0])
+
+    # s_1 acted on with epsilon 1 (no forward: computed here, with the weights of now), s_0 and s_2
+    # with w = (10, 10): s_2's max Q 30 is the recorded one
+    for obs, epsilon in zip(batch["obs"], [0.0, 1.0, 0.0]):
+        acting(obs, epsilon, rng)
+    set_w([1.0, 2.0])
+    del calls[:]
     g1 = 2.0 + 0.5 * 30.0
     g0 = 1.0 + 0.5 * ((1 - 0.5) * 4.0 + 0.5 * g1)
+    np.testing.assert_allclose(agent.targets(agent._tensors(batch)).flatten().numpy(), [g0, g1], rtol=1e-6)
+    assert len(calls) == 1
+    # fewer entries than steps (the first rollout after a resume): they are the last rows
+    set_w([10.0, 10.0])
+    acting(batch["obs"][2], 0.0, rng)
+    set_w([1.0, 2.0])
     np.testing.assert_allclose(agent.targets(agent._tensors(batch)).flatten().numpy(), [g0, g1], rtol=1e-6)
 
 

@@ -13,10 +13,12 @@ One learning step on a full rollout of T steps x N envs (fastdqn.rollout):
 The targets are computed once per rollout, from the weights that acted in it, as CleanRL's PQN does:
 the training rule (``acting_rule(record=True)``) keeps max_a Q of every obs it acts on, and the loop
 acts on each row of the rollout right after storing it, the last row included, before this step. So
-the last T values recorded since the previous step are next_0 .. next_{T-1}, and the rollout costs no
-forward of its own. Rows acted on by no recorded forward (the first rollout after a resume, a rollout
-given to ``learn`` directly) get one forward each, of the acting forward's shape: the same numbers
-(a resumed run stays bit-identical). The minibatch order comes from the store's own stream (checkpointed).
+the last T entries recorded since the previous step are next_0 .. next_{T-1}. An entry is None where
+acting ran no forward (every env explored: with epsilon near 1, most rows), and rows acted on by no
+training rule at all (the first rollout after a resume, a rollout given to ``learn`` directly) have
+none: those rows get one forward each here, of the acting forward's shape, so the numbers are the
+same either way (a resumed run stays bit-identical). The minibatch order comes from the store's own
+stream (checkpointed).
 
 Acting: epsilon-greedy over the env batch (fastdqn.acting.EpsilonGreedy, the DQN rule) with the
 run's epsilon schedule; evaluation with --eval-eps.
@@ -73,7 +75,7 @@ class PQN(OnPolicyAgent):
         self.num_actions = int(num_actions)
         self.gamma, self.q_lambda = float(gamma), float(q_lambda)
         self.epochs, self.minibatches = int(epochs), int(minibatches)
-        self._acted_values: list[torch.Tensor] = []  # max_a Q (N,) of each obs the training rule acted on
+        self._acted_values: list[torch.Tensor | None] = []  # max_a Q (N,) of each obs acted on (or None)
         self._setup(network, optimizer=optimizer, lr=lr, adam_eps=adam_eps, max_grad_norm=max_grad_norm,
                     precision=precision, device=device, batch_size=batch_size)
 
@@ -87,19 +89,21 @@ class PQN(OnPolicyAgent):
         return EpsilonGreedy(self.network, self.num_actions, self.device, self.precision,
                              record=self.record_values if record else None)
 
-    def record_values(self, q: torch.Tensor) -> None:
-        """Keep max_a Q of an obs batch of the pool (Q (N, A) of the acting forward) for the targets."""
-        self._acted_values.append(q.max(dim=1).values)
+    def record_values(self, q: torch.Tensor | None) -> None:
+        """Keep max_a Q of an obs batch of the pool (Q (N, A) of the acting forward; None: it ran none)
+        for the targets."""
+        self._acted_values.append(None if q is None else q.max(dim=1).values)
 
     def targets(self, b: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The Q(lambda) returns (T, N) of a rollout on the device (no gradient); next_t as the module
         docstring says: recorded while acting on obs[t + 1], else one forward of obs[t + 1]."""
         steps = b["actions"].shape[0]
-        recorded, self._acted_values = self._acted_values[-steps:], []  # obs rows T - len + 1 .. T
+        recorded, self._acted_values = self._acted_values[-steps:], []  # of obs rows T - len + 1 .. T
+        next_q = [None] * (steps - len(recorded)) + recorded  # next_q[t]: of obs row t + 1
         with torch.no_grad(), self.autocast():
-            computed = [self.network(b["obs"][1 + t]).float().max(dim=1).values
-                        for t in range(steps - len(recorded))]
-        next_q = torch.stack(computed + recorded)
+            next_q = [self.network(b["obs"][1 + t]).float().max(dim=1).values if value is None else value
+                      for t, value in enumerate(next_q)]
+        next_q = torch.stack(next_q)
         return lambda_returns(b["rewards"], b["terminated"], b["chain"], next_q, self.gamma, self.q_lambda)
 
     def learn(self, batch: Mapping[str, Any], rng) -> dict[str, Any]:

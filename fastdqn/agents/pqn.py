@@ -99,11 +99,10 @@ class PQN(OnPolicyAgent):
         docstring says: recorded while acting on obs[t + 1], else one forward of obs[t + 1]."""
         steps = b["actions"].shape[0]
         recorded, self._acted_values = self._acted_values[-steps:], []  # of obs rows T - len + 1 .. T
-        next_q = [None] * (steps - len(recorded)) + recorded  # next_q[t]: of obs row t + 1
+        recorded = [None] * (steps - len(recorded)) + recorded  # recorded[t]: of obs row t + 1, or None
         with torch.no_grad(), self.autocast():
-            next_q = [self.network(b["obs"][1 + t]).float().max(dim=1).values if value is None else value
-                      for t, value in enumerate(next_q)]
-        next_q = torch.stack(next_q)
+            next_q = torch.stack([self.network(b["obs"][1 + t]).float().max(dim=1).values if value is None
+                                  else value for t, value in enumerate(recorded)])
         return lambda_returns(b["rewards"], b["terminated"], b["chain"], next_q, self.gamma, self.q_lambda)
 
     def learn(self, batch: Mapping[str, Any], rng) -> dict[str, Any]:
